@@ -1,0 +1,211 @@
+"""piobpf command line: trace kvm:kvm_pio and print counts per (direction, port).
+
+USAGE: piobpf [-d SECONDS] [-i SECONDS] [-n TOP] [--format table|json|csv|seed] [-o FILE]
+"""
+
+import argparse
+import contextlib
+import os
+import select
+import signal
+import sys
+import time
+
+from . import __version__, formats, ioports
+from .report import make_report
+from .snapshot import Snapshot
+
+EXAMPLES = """examples:
+    piobpf                    # trace until Ctrl-C, then print a table
+    piobpf -d 30              # trace for 30 seconds
+    piobpf -i 1 -n 10         # top 10 ports every second
+    piobpf -d 10 --format json -o pio.json
+    piobpf -d 30 --format seed   # the output of the perf + awk recipe
+    piobpf --ioports guest-ioports.txt   # name ports by the guest's map
+"""
+
+
+class CliError(Exception):
+    """Bad input or a failed run: one line on stderr, exit 1 (2 for usage)."""
+
+    def __init__(self, message, status=1):
+        super().__init__(message)
+        self.status = status
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise CliError(f"{message} (see --help)", status=2)
+
+
+def number(kind, name):
+    """An argparse type: a positive int or float, with a one-line error."""
+    def convert(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a positive number, got {text!r}")
+        if not value > 0 or value != value or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{name} must be a positive number, got {text!r}")
+        return value
+    return convert
+
+
+def parse_args(argv):
+    from .kernel import ATTACH_MODES
+    p = Parser(prog="piobpf", epilog=EXAMPLES,
+               formatter_class=argparse.RawDescriptionHelpFormatter,
+               description="Count KVM guest port I/O (kvm:kvm_pio) per direction and port "
+                           "in the kernel, and name each port's device from /proc/ioports.")
+    p.add_argument("-d", "--duration", type=number(float, "-d"), metavar="SECONDS",
+                   help="trace this long (default: until Ctrl-C)")
+    p.add_argument("-i", "--interval", type=number(float, "-i"), metavar="SECONDS",
+                   help="print the counts of every interval of this length")
+    p.add_argument("-n", "--top", type=number(int, "-n"), metavar="TOP",
+                   help="show only the TOP busiest rows")
+    p.add_argument("--format", choices=formats.FORMATS, default="table",
+                   help="output format (default: table)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write results to FILE")
+    p.add_argument("--ioports", metavar="FILE", default=ioports.PROC_IOPORTS,
+                   help="name ports from this ioports file (default: /proc/ioports)")
+    p.add_argument("--attach", choices=ATTACH_MODES, default="auto",
+                   help="raw or classic tracepoint (default: raw when its layout checks out)")
+    p.add_argument("--version", action="version", version=f"piobpf {__version__}")
+    return p.parse_args(argv)
+
+
+def warn(message):
+    print(f"piobpf: {message}", file=sys.stderr)
+
+
+def load_ioports(path):
+    try:
+        table = ioports.load(path)
+    except OSError as e:
+        if path != ioports.PROC_IOPORTS:
+            raise CliError(f"cannot read {path}: {e.strerror}")
+        warn(f"cannot read {path} ({e.strerror}): DEVICE left empty")
+        return ioports.IoPorts([])
+    if table.all_zero:
+        warn(f"{path} shows every range as 0000-0000 (reading the real ranges needs root):"
+             " DEVICE left empty")
+    elif table.malformed:
+        warn(f"{path}: skipped {table.malformed} line(s) that are not 'start-end : name'")
+    return table
+
+
+class Printer:
+    """Writes each report in the chosen format; knows what is printed once."""
+
+    def __init__(self, out, fmt, top, name_of):
+        self.out, self.fmt, self.top, self.name_of = out, fmt, top, name_of
+        self.started = time.monotonic()
+        self.count = 0
+
+    def emit(self, snapshot, duration, interval=False):
+        report = make_report(snapshot, duration, self.name_of, self.top)
+        if self.fmt == "json":
+            text = formats.json_line(report)
+        elif self.fmt == "csv":
+            elapsed = time.monotonic() - self.started if interval else None
+            text = formats.csv_text(report, header=self.count == 0, elapsed=elapsed)
+        elif self.fmt == "seed":
+            text = ("\n" if self.count else "") + formats.seed(report)
+        else:
+            stamp = time.strftime("%H:%M:%S\n") if interval else ""
+            text = ("\n" if self.count else "") + stamp + formats.table(report)
+        self.count += 1
+        self.out.write(text)
+        self.out.flush()
+        if report.dropped_events:
+            warn(f"{report.dropped_events} events dropped: the kernel map was full")
+
+
+class Stopper:
+    """SIGINT/SIGTERM end the run; `wait` returns early when one arrives."""
+
+    def __init__(self):
+        self.stopped = False
+        self._r, w = os.pipe()
+        os.set_blocking(w, False)
+        signal.set_wakeup_fd(w)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._stop)
+
+    def _stop(self, signum, frame):
+        self.stopped = True
+
+    def wait(self, seconds):
+        if not self.stopped and seconds > 0:
+            if select.select([self._r], [], [], seconds)[0]:
+                os.read(self._r, 64)
+
+
+def trace(args, printer, stopper):
+    """Run the tracer until -d, Ctrl-C or SIGTERM; the last read comes after detach."""
+    from .kernel import PioCounter
+    counter = PioCounter(attach=args.attach)
+    try:
+        start = last_t = time.monotonic()
+        what = f"for {args.duration:g} s" if args.duration else "until Ctrl-C"
+        print(f"Tracing kvm:kvm_pio per (direction, port) {what}... Ctrl-C to end.",
+              file=sys.stderr, flush=True)
+        progress = args.duration and not args.interval and sys.stderr.isatty()
+        deadline = start + args.duration if args.duration else float("inf")
+        step = args.interval or (1.0 if progress else 3600.0)
+        tick = start + step
+        last = Snapshot()
+        while not stopper.stopped:
+            stopper.wait(min(tick, deadline) - time.monotonic())
+            now = time.monotonic()
+            if stopper.stopped or now >= deadline:
+                break
+            if now >= tick:
+                tick += step * (1 + int((now - tick) // step))  # no drift, no burst
+                if args.interval:
+                    snap = counter.read()
+                    printer.emit(snap - last, now - last_t, interval=True)
+                    last, last_t = snap, now
+                elif progress:
+                    sys.stderr.write(f"\r{now - start:.0f}/{args.duration:g} s, "
+                                     f"{counter.read().total_events} events ")
+                    sys.stderr.flush()
+        counter.detach()
+        final, end = counter.read(), time.monotonic()
+    finally:
+        counter.close()
+    if progress:
+        sys.stderr.write("\r\033[K")
+    if args.interval:
+        printer.emit(final - last, end - last_t, interval=True)
+    else:
+        printer.emit(final, end - start)
+
+
+def run(argv):
+    args = parse_args(argv)
+    name_of = load_ioports(args.ioports).lookup
+    try:
+        out = open(args.output, "w") if args.output else contextlib.nullcontext(sys.stdout)
+    except OSError as e:
+        raise CliError(f"cannot write {args.output}: {e.strerror}")
+    with out as stream:
+        trace(args, Printer(stream, args.format, args.top, name_of), Stopper())
+    return 0
+
+
+def main(argv=None):
+    from .kernel import TraceError
+    try:
+        return run(sys.argv[1:] if argv is None else argv)
+    except CliError as e:
+        warn(e)
+        return e.status
+    except TraceError as e:
+        warn(e)
+        return 1
+    except BrokenPipeError:
+        # Whoever read our output went away (`| head`): say so once, quietly exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        warn("output closed before all results were written (broken pipe)")
+        return 1

@@ -1,0 +1,154 @@
+"""The kernel side: load bpf/piobpf.bpf.c with BCC, attach it, read its map.
+
+Thin on purpose: everything it returns is a plain Snapshot, and everything
+that can go wrong on the way in is a TraceError with one line to show.
+"""
+
+import os
+import platform
+from pathlib import Path
+
+from .snapshot import READ, WRITE, Counts, Snapshot
+
+TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+RAW_ARGS = ["rw", "port", "size", "count"]     # TP_PROTO order the raw probe reads
+DEFAULT_MAX_ENTRIES = 2 * 65536
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+ATTACH_MODES = ("auto", "raw", "classic")
+
+
+class TraceError(Exception):
+    """A reason tracing cannot start, fit for one line on stderr."""
+
+
+def bpf_source_path():
+    """bpf/piobpf.bpf.c: installed beside the package, or in the source tree."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "bpf", here.parent / "bpf"):
+        path = candidate / "piobpf.bpf.c"
+        if path.is_file():
+            return path
+    raise TraceError("BPF program piobpf.bpf.c not found beside the package: reinstall piobpf")
+
+
+def check_privileges():
+    """Loading BPF and attaching to tracepoints needs CAP_BPF+CAP_PERFMON or CAP_SYS_ADMIN."""
+    with open("/proc/self/status") as f:
+        caps = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    has = lambda cap: bool(caps >> cap & 1)
+    if not (has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON))):
+        raise TraceError("needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN) to load "
+                         "BPF programs: run it with sudo")
+
+
+def find_tracefs():
+    """The mounted tracefs; mounts it (like `mount -t tracefs`) when it is not."""
+    for path in TRACEFS_CANDIDATES:
+        if os.path.isdir(os.path.join(path, "events")):
+            return path
+    rc = os.system("mount -t tracefs nodev /sys/kernel/tracing >/dev/null 2>&1")
+    if rc == 0 and os.path.isdir("/sys/kernel/tracing/events"):
+        return "/sys/kernel/tracing"
+    raise TraceError("tracefs is not mounted and cannot be mounted "
+                     "(mount -t tracefs nodev /sys/kernel/tracing failed)")
+
+
+def kvm_pio_fields(tracefs):
+    """The kvm:kvm_pio record's field names, in order, without common_*."""
+    path = os.path.join(tracefs, "events", "kvm", "kvm_pio", "format")
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        raise TraceError("tracepoint kvm:kvm_pio not found: is the kvm module loaded? "
+                         "(modprobe kvm_intel or kvm_amd)") from None
+    names = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("field:"):
+            decl = line[len("field:"):].split(";")[0]
+            name = decl.split()[-1].split("[")[0]
+            if not name.startswith("common_"):
+                names.append(name)
+    return names
+
+
+def choose_attach(mode, fields, raw_supported):
+    """raw when its argument layout matches the format (checked, not assumed)."""
+    raw_ok = raw_supported and fields[:len(RAW_ARGS)] == RAW_ARGS
+    if mode == "raw" and not raw_ok:
+        raise TraceError("raw tracepoint kvm_pio unusable here (kernel support or argument "
+                         f"layout {fields} differs): use --attach classic")
+    if mode == "auto":
+        return "raw" if raw_ok else "classic"
+    return mode
+
+
+def check_headers():
+    """BCC compiles C against kernel headers; say what to install when absent."""
+    if os.environ.get("BCC_KERNEL_SOURCE"):
+        return
+    release = platform.release()
+    if not os.path.exists(f"/lib/modules/{release}/build"):
+        raise TraceError(f"kernel headers for {release} not found at /lib/modules/{release}/build:"
+                         f" install linux-headers-{release} (or run scripts/setup.sh, which"
+                         " falls back to the distribution's generic headers)")
+
+
+def import_bcc():
+    try:
+        import bcc
+    except ImportError:
+        raise TraceError("BCC's Python bindings are missing: apt-get install python3-bpfcc "
+                         "(Fedora: dnf install python3-bcc); the PyPI package 'bcc' is "
+                         "unrelated") from None
+    return bcc
+
+
+class PioCounter:
+    """kvm:kvm_pio counts per (direction, port), aggregated in the kernel."""
+
+    def __init__(self, attach="auto", max_entries=DEFAULT_MAX_ENTRIES):
+        check_privileges()
+        tracefs = find_tracefs()
+        fields = kvm_pio_fields(tracefs)
+        bcc = import_bcc()
+        check_headers()
+        self.attach = choose_attach(attach, fields, bcc.BPF.support_raw_tracepoint())
+        cflags = [f"-DPIOBPF_MAX_ENTRIES={int(max_entries)}"]
+        if self.attach == "classic":
+            cflags.append("-DPIOBPF_CLASSIC")
+        try:
+            self._bpf = bcc.BPF(src_file=str(bpf_source_path()).encode(), cflags=cflags)
+        except Exception as e:   # BCC raises bare Exception for compile/load failures
+            raise TraceError(f"cannot load the BPF program: {str(e).splitlines()[0]}") from None
+        self._counts = self._bpf["counts"]
+        self._dropped = self._bpf["dropped"]
+        self._batch = True
+
+    def _items(self):
+        # One syscall per batch instead of two per key; older kernels lack it.
+        if self._batch:
+            try:
+                return list(self._counts.items_lookup_batch())
+            except Exception:
+                self._batch = False
+        return list(self._counts.items())
+
+    def read(self):
+        """The cumulative counts now."""
+        counts = {}
+        for k, v in self._items():
+            key = getattr(k, "value", k)   # batch reads give ints, items() c_uints
+            counts[(WRITE if key >> 16 else READ, key & 0xFFFF)] = Counts(v.events, v.bytes)
+        return Snapshot(counts, self._dropped[0].value)
+
+    def detach(self):
+        """Stop counting; the map stays readable for the final read."""
+        if self.attach == "raw":
+            self._bpf.detach_raw_tracepoint(tp=b"kvm_pio")
+        else:
+            self._bpf.detach_tracepoint(tp=b"kvm:kvm_pio")
+
+    def close(self):
+        self._bpf.cleanup()

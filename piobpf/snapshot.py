@@ -1,0 +1,48 @@
+"""Cumulative counts and the deltas between two reads (pure arithmetic).
+
+The kernel map only ever grows, so an interval's counts are the difference
+of two snapshots: whatever arrives while one read is under way shows up in
+this interval or the next, and the intervals add up to the whole run.
+"""
+
+from dataclasses import dataclass, field
+
+READ, WRITE = "read", "write"
+
+
+@dataclass(frozen=True)
+class Counts:
+    events: int = 0
+    bytes: int = 0
+
+    def __add__(self, other):
+        return Counts(self.events + other.events, self.bytes + other.bytes)
+
+    def __sub__(self, other):
+        return Counts(self.events - other.events, self.bytes - other.bytes)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Counts per key (a (direction, port) tuple), plus dropped events."""
+    counts: dict = field(default_factory=dict)
+    dropped: int = 0
+
+    @property
+    def total_events(self):
+        return sum(c.events for c in self.counts.values())
+
+    def __sub__(self, earlier):
+        """The interval from `earlier` to this snapshot; keys with no events drop out."""
+        diff = {}
+        for key, now in self.counts.items():
+            d = now - earlier.counts.get(key, Counts())
+            if d.events or d.bytes:
+                diff[key] = d
+        return Snapshot(diff, self.dropped - earlier.dropped)
+
+    def __add__(self, other):
+        merged = dict(self.counts)
+        for key, c in other.counts.items():
+            merged[key] = merged.get(key, Counts()) + c
+        return Snapshot(merged, self.dropped + other.dropped)
