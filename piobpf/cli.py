@@ -141,39 +141,34 @@ class Stopper:
                 os.read(self._r, 64)
 
 
-def trace(args, printer, stopper):
-    """Run the tracer until -d, Ctrl-C or SIGTERM; the last read comes after detach."""
-    from .kernel import PioCounter
-    counter = PioCounter(attach=args.attach)
-    try:
-        start = last_t = time.monotonic()
-        what = f"for {args.duration:g} s" if args.duration else "until Ctrl-C"
-        print(f"Tracing kvm:kvm_pio per (direction, port) {what}... Ctrl-C to end.",
-              file=sys.stderr, flush=True)
-        progress = args.duration and not args.interval and sys.stderr.isatty()
-        deadline = start + args.duration if args.duration else float("inf")
-        step = args.interval or (1.0 if progress else 3600.0)
-        tick = start + step
-        last = Snapshot()
-        while not stopper.stopped:
-            stopper.wait(min(tick, deadline) - time.monotonic())
-            now = time.monotonic()
-            if stopper.stopped or now >= deadline:
-                break
-            if now >= tick:
-                tick += step * (1 + int((now - tick) // step))  # no drift, no burst
-                if args.interval:
-                    snap = counter.read()
-                    printer.emit(snap - last, now - last_t, interval=True)
-                    last, last_t = snap, now
-                elif progress:
-                    sys.stderr.write(f"\r{now - start:.0f}/{args.duration:g} s, "
-                                     f"{counter.read().total_events} events ")
-                    sys.stderr.flush()
-        counter.detach()
-        final, end = counter.read(), time.monotonic()
-    finally:
-        counter.close()
+def trace(counter, args, printer, stopper):
+    """Count until -d, Ctrl-C or SIGTERM; the last read comes after detach."""
+    start = last_t = time.monotonic()
+    what = f"for {args.duration:g} s" if args.duration else "until Ctrl-C"
+    print(f"Tracing kvm:kvm_pio per (direction, port) {what}... Ctrl-C to end.",
+          file=sys.stderr, flush=True)
+    progress = args.duration and not args.interval and sys.stderr.isatty()
+    deadline = start + args.duration if args.duration else float("inf")
+    step = args.interval or (1.0 if progress else 3600.0)
+    tick = start + step
+    last = Snapshot()
+    while not stopper.stopped:
+        stopper.wait(min(tick, deadline) - time.monotonic())
+        now = time.monotonic()
+        if stopper.stopped or now >= deadline:
+            break
+        if now >= tick:
+            tick += step * (1 + int((now - tick) // step))  # no drift, no burst
+            if args.interval:
+                snap = counter.read()
+                printer.emit(snap - last, now - last_t, interval=True)
+                last, last_t = snap, now
+            elif progress:
+                sys.stderr.write(f"\r{now - start:.0f}/{args.duration:g} s, "
+                                 f"{counter.read().total_events} events ")
+                sys.stderr.flush()
+    counter.detach()
+    final, end = counter.read(), time.monotonic()
     if progress:
         sys.stderr.write("\r\033[K")
     if args.interval:
@@ -183,14 +178,21 @@ def trace(args, printer, stopper):
 
 
 def run(argv):
+    from .kernel import PioCounter
     args = parse_args(argv)
-    name_of = load_ioports(args.ioports).lookup
     try:
         out = open(args.output, "w") if args.output else contextlib.nullcontext(sys.stdout)
     except OSError as e:
         raise CliError(f"cannot write {args.output}: {e.strerror}")
+    stopper = Stopper()
     with out as stream:
-        trace(args, Printer(stream, args.format, args.top, name_of), Stopper())
+        # Load first: a missing privilege or header is the one line to show.
+        counter = PioCounter(attach=args.attach)
+        try:
+            name_of = load_ioports(args.ioports).lookup
+            trace(counter, args, Printer(stream, args.format, args.top, name_of), stopper)
+        finally:
+            counter.close()
     return 0
 
 

@@ -19,12 +19,14 @@ def table(report):
              f"{100.0 * r.events / total:.1f}" if total else "0.0",
              f"{r.events / dur:.1f}" if dur > 0 else "-", r.bytes]
             for r in report.rows]
-    out = tabulate(body, headers, tablefmt="simple", disable_numparse=True,
-                   colalign=("left", "left", "left", "right", "right", "right", "right"))
     summary = f"{total} events in {dur:.2f} s ({report.rate:.1f}/s)"
     if report.dropped_events:
         summary += f", {report.dropped_events} dropped (map full)"
-    return (out + "\n\n" if body else "") + summary + "\n"
+    if not body:
+        return summary + "\n"
+    return tabulate(body, headers, tablefmt="simple", disable_numparse=True,
+                    colalign=("left", "left", "left", "right", "right", "right", "right")
+                    ) + "\n\n" + summary + "\n"
 
 
 def to_dict(report):

@@ -1,0 +1,128 @@
+"""Shared test helpers: run piobpf and real KVM guests and real perf as processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PY = sys.executable
+ENV = dict(os.environ, PYTHONPATH=str(REPO), LC_ALL="C")
+
+
+def _kvm_pio_present():
+    return any(os.path.isdir(f"{t}/events/kvm/kvm_pio")
+               for t in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"))
+
+
+def _why_not_tracing():
+    if os.geteuid() != 0:
+        return "needs root to load BPF programs"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "needs /dev/kvm to run guests"
+    if not _kvm_pio_present():
+        return "needs the kvm:kvm_pio tracepoint (tracefs mounted, kvm loaded)"
+    return None
+
+
+# Skips only where the machine cannot trace; on a KVM host as root all run.
+needs_tracing = pytest.mark.skipif(_why_not_tracing() is not None,
+                                   reason=_why_not_tracing() or "")
+
+
+def piobpf_cmd(*args):
+    return [PY, "-m", "piobpf", *args]
+
+
+def run_guest(*ops, thread_name=None, irqchip=False):
+    cmd = [PY, "-m", "piobpf.guest", *ops]
+    if thread_name:
+        cmd += ["--thread-name", thread_name]
+    if irqchip:
+        cmd.append("--irqchip")
+    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+class Traced:
+    """A piobpf process, started and attached (its 'Tracing...' line seen)."""
+
+    def __init__(self, *args):
+        self.proc = subprocess.Popen(piobpf_cmd(*args), env=ENV, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        line = self.proc.stderr.readline()
+        assert line.startswith("Tracing"), line + self.proc.stderr.read()
+
+    def stop(self, sig=signal.SIGINT):
+        """End the run with `sig`; returns (rc, stdout, rest of stderr)."""
+        self.proc.send_signal(sig)
+        if self.proc.stdout.closed:
+            err = self.proc.stderr.read()
+            return self.proc.wait(timeout=60), None, err
+        out, err = self.proc.communicate(timeout=60)
+        return self.proc.returncode, out, err
+
+
+def trace_json(ops, *args, **guest_kw):
+    """piobpf --format json around one guest run; returns the parsed object."""
+    t = Traced("--format", "json", *args)
+    run_guest(*ops, **guest_kw)
+    rc, out, err = t.stop()
+    assert rc == 0, err
+    return json.loads(out)
+
+
+def by_key(rows):
+    """{(direction, port): (events, bytes)} from JSON rows."""
+    return {(r["direction"], r["port"]): (r["events"], r["bytes"]) for r in rows}
+
+
+class PerfRecord:
+    """`perf record -e kvm:kvm_pio -a`, enabled (acknowledged) before it returns."""
+
+    def __init__(self):
+        self.dir = tempfile.TemporaryDirectory()
+        d = self.dir.name
+        self.data = f"{d}/perf.data"
+        os.mkfifo(f"{d}/ctl")
+        os.mkfifo(f"{d}/ack")
+        self.proc = subprocess.Popen(
+            ["perf", "record", "-q", "-D", "-1", "--control", f"fifo:{d}/ctl,{d}/ack",
+             "-e", "kvm:kvm_pio", "-a", "-o", self.data],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with open(f"{d}/ctl", "w") as ctl, open(f"{d}/ack") as ack:
+            ctl.write("enable\n")
+            ctl.flush()
+            assert ack.readline().strip() == "ack"
+
+    def script(self):
+        """Stop recording; the `perf script` text of what it saw."""
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=60)
+        out = subprocess.run(["perf", "script", "-i", self.data], capture_output=True,
+                             text=True, timeout=300)
+        self.dir.cleanup()
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+
+# The mixed workload: several ports, both directions, sizes 1/2/4, rep ins and
+# rep outs, all on ports that exit to user space (exactly one event each).
+MIXED = ["r:0x3fd:1:5000", "w:0x3f8:1:300", "w:0x3f8:2:7", "r:0x3fb:2:11",
+         "r:0x60:1:3:16", "w:0x70:1:2:8", "r:0x61:4:5", "w:0x80:4:13", "r:0x71:1:1"]
+MIXED_EXPECTED = {
+    ("read", 0x3fd): (5000, 5000),
+    ("write", 0x3f8): (307, 300 + 14),
+    ("read", 0x3fb): (11, 22),
+    ("read", 0x60): (3, 48),          # rep insb: one event of count 16 each
+    ("write", 0x70): (16, 16),        # rep outsb: one event per byte
+    ("read", 0x61): (5, 20),
+    ("write", 0x80): (13, 52),
+    ("read", 0x71): (1, 1),
+}

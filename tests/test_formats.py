@@ -1,0 +1,104 @@
+import csv
+import io
+import json
+import subprocess
+
+from piobpf import formats
+from piobpf.report import make_report
+from piobpf.snapshot import Counts, Snapshot
+
+SNAP = Snapshot({("read", 0x3fd): Counts(9994, 9994), ("read", 0x3fb): Counts(4, 4),
+                 ("write", 0x20): Counts(1, 1), ("write", 0x21): Counts(1, 1),
+                 ("read", 0x60): Counts(4, 64)}, dropped=0)
+NAMES = {0x3fd: "serial", 0x3fb: "serial", 0x20: "pic1", 0x21: "pic1"}.get
+
+
+def report(top=None, duration=2.0):
+    return make_report(SNAP, duration, NAMES, top)
+
+
+def test_rows_sorted_by_events_then_direction_and_port():
+    rows = report().rows
+    assert [(r.direction, r.port) for r in rows] == [
+        ("read", 0x3fd), ("read", 0x60), ("read", 0x3fb), ("write", 0x20), ("write", 0x21)]
+    assert rows[1].device is None
+
+
+def test_top_cuts_rows_not_totals():
+    r = report(top=2)
+    assert len(r.rows) == 2 and r.total_events == 10004
+
+
+def test_json_object():
+    obj = json.loads(formats.json_line(report()))
+    assert obj == {"duration_s": 2.0, "total_events": 10004, "dropped_events": 0, "rows": [
+        {"direction": "read", "port": 1021, "device": "serial", "events": 9994, "bytes": 9994},
+        {"direction": "read", "port": 96, "device": None, "events": 4, "bytes": 64},
+        {"direction": "read", "port": 1019, "device": "serial", "events": 4, "bytes": 4},
+        {"direction": "write", "port": 32, "device": "pic1", "events": 1, "bytes": 1},
+        {"direction": "write", "port": 33, "device": "pic1", "events": 1, "bytes": 1}]}
+    assert formats.json_line(report()).count("\n") == 1
+
+
+def test_csv():
+    rows = list(csv.reader(io.StringIO(formats.csv_text(report()))))
+    assert rows[0] == formats.CSV_FIELDS
+    assert rows[1] == ["read", "0x3fd", "serial", "9994", "9994"]
+    assert rows[2] == ["read", "0x60", "", "4", "64"]
+    assert len(rows) == 6
+    tail = list(csv.reader(io.StringIO(formats.csv_text(report(), header=False, elapsed=1.5))))
+    assert tail[0] == ["1.500", "read", "0x3fd", "serial", "9994", "9994"]
+
+
+def test_table_columns_percent_and_rate():
+    text = formats.table(report())
+    lines = text.splitlines()
+    assert lines[0].split() == ["DIR", "PORT", "DEVICE", "EVENTS", "%", "EVENTS/s", "BYTES"]
+    assert lines[2].split() == ["read", "0x03fd", "serial", "9994", "99.9", "4997.0", "9994"]
+    assert lines[3].split()[2] == "-"
+    assert lines[-1] == "10004 events in 2.00 s (5002.0/s)"
+
+
+def test_table_of_nothing():
+    empty = make_report(Snapshot(), 1.0)
+    assert formats.table(empty) == "0 events in 1.00 s (0.0/s)\n"
+
+
+AWK = r'''{
+    if ($0 ~ /pio_write/) {
+        ops["W:"$8]++
+    } else if ($0 ~ /pio_read/) {
+        ops["R:"$8]++
+    }
+}
+
+END {
+    for (op in ops) {
+        printf "%-16.16s %d\n", op, ops[op]
+    }
+}
+'''
+
+
+def perf_lines():
+    """perf script text whose counts are SNAP's (thread names without spaces)."""
+    out = []
+    for (d, port), c in SNAP.counts.items():
+        for i in range(c.events):
+            out.append(f"qemu-system-x86 10042 [000] 313831.{i:06d}: kvm:kvm_pio: "
+                       f"pio_{d} at {port:#x} size 1 count 1 val 0x60\n")
+    return "".join(out)
+
+
+def test_seed_is_byte_identical_to_the_awk_pipeline(tmp_path):
+    (tmp_path / "pio_calculate.awk").write_text(AWK)
+    (tmp_path / "pio_stat").write_text(perf_lines())
+    awk = subprocess.run("awk -f pio_calculate.awk pio_stat | sort -nk 2 -r", shell=True,
+                         cwd=tmp_path, capture_output=True, text=True, check=True,
+                         env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"})
+    assert formats.seed(report()) == awk.stdout
+
+
+def test_seed_label_is_cut_at_16_like_awk():
+    long = make_report(Snapshot({("read", 0xffff): Counts(1, 1)}), 1)
+    assert formats.seed(long) == "R:0xffff         1\n"

@@ -1,0 +1,88 @@
+"""Real-guest integration: real KVM guests, the real tracepoint, real BPF."""
+
+import json
+import signal
+
+import pytest
+
+from helpers import (MIXED, MIXED_EXPECTED, PerfRecord, Traced, by_key, needs_tracing,
+                     run_guest, trace_json)
+from piobpf import ioports
+
+pytestmark = needs_tracing
+
+
+@pytest.mark.parametrize("attach", ["raw", "classic"])
+def test_mixed_workload_exact(attach):
+    result = trace_json(MIXED, "--attach", attach)
+    assert by_key(result["rows"]) == MIXED_EXPECTED
+    assert result["total_events"] == sum(e for e, _ in MIXED_EXPECTED.values())
+    assert result["dropped_events"] == 0
+    events = [r["events"] for r in result["rows"]]
+    assert events == sorted(events, reverse=True)
+
+
+def test_device_names_from_proc_ioports():
+    table = ioports.load()
+    result = trace_json(MIXED)
+    names = {r["port"]: r["device"] for r in result["rows"]}
+    assert names[0x3fd] == "serial" == table.lookup(0x3fd)
+    for port, name in names.items():
+        assert name == table.lookup(port)
+
+
+def test_interval_lines_add_up_to_the_workload():
+    t = Traced("--format", "json", "-i", "0.2")
+    # Long enough to span many intervals, so reads race with the counting.
+    run_guest("r:0x3fd:1:150000", *MIXED)
+    rc, out, err = t.stop()
+    assert rc == 0, err
+    lines = [json.loads(l) for l in out.splitlines()]
+    busy = [l for l in lines if l["total_events"]]
+    assert len(busy) >= 3, out
+    total = {}
+    for line in lines:
+        for key, (e, b) in by_key(line["rows"]).items():
+            pe, pb = total.get(key, (0, 0))
+            total[key] = (pe + e, pb + b)
+    expected = dict(MIXED_EXPECTED)
+    expected[("read", 0x3fd)] = (155000, 155000)
+    assert total == expected
+    assert sum(l["total_events"] for l in lines) == sum(e for e, _ in expected.values())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_prints_what_was_counted(sig):
+    for fmt in ("table", "json"):
+        t = Traced("--format", fmt, "-d", "600")
+        run_guest("r:0x3fd:1:777")
+        rc, out, err = t.stop(sig)
+        assert rc == 0 and "Traceback" not in err
+        if fmt == "json":
+            assert by_key(json.loads(out)["rows"]) == {("read", 0x3fd): (777, 777)}
+        else:
+            assert "serial" in out and " 777 " in out
+
+
+def test_duration_ends_the_run():
+    import subprocess
+    from helpers import ENV, piobpf_cmd
+    out = subprocess.run(piobpf_cmd("-d", "0.5", "--format", "json"), env=ENV,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert 0.5 <= json.loads(out.stdout)["duration_s"] < 5
+
+
+@pytest.mark.parametrize("attach", ["raw", "classic"])
+def test_perf_is_not_blinded(attach):
+    """perf recording kvm:kvm_pio beside piobpf sees every event piobpf sees."""
+    t = Traced("--format", "json", "--attach", attach)
+    perf = PerfRecord()
+    run_guest("r:0x3fd:1:3000", "w:0x3f8:1:101")
+    text = perf.script()
+    rc, out, err = t.stop()
+    assert rc == 0, err
+    assert text.count("pio_read at 0x3fd ") == 3000
+    assert text.count("pio_write at 0x3f8 ") == 101
+    got = by_key(json.loads(out)["rows"])
+    assert got[("read", 0x3fd)][0] == 3000 and got[("write", 0x3f8)][0] == 101
