@@ -38,15 +38,16 @@ class Parser(argparse.ArgumentParser):
         raise CliError(f"{message} (see --help)", status=2)
 
 
-def number(kind, name):
+def number(kind):
     """An argparse type: a positive int or float, with a one-line error."""
     def convert(text):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive number, got {text!r}")
-        if not value > 0 or value != value or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"{name} must be a positive number, got {text!r}")
+            value = None
+        # `not value > 0` also refuses NaN.
+        if value is None or not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
         return value
     return convert
 
@@ -57,11 +58,11 @@ def parse_args(argv):
                formatter_class=argparse.RawDescriptionHelpFormatter,
                description="Count KVM guest port I/O (kvm:kvm_pio) per direction and port "
                            "in the kernel, and name each port's device from /proc/ioports.")
-    p.add_argument("-d", "--duration", type=number(float, "-d"), metavar="SECONDS",
+    p.add_argument("-d", "--duration", type=number(float), metavar="SECONDS",
                    help="trace this long (default: until Ctrl-C)")
-    p.add_argument("-i", "--interval", type=number(float, "-i"), metavar="SECONDS",
+    p.add_argument("-i", "--interval", type=number(float), metavar="SECONDS",
                    help="print the counts of every interval of this length")
-    p.add_argument("-n", "--top", type=number(int, "-n"), metavar="TOP",
+    p.add_argument("-n", "--top", type=number(int), metavar="TOP",
                    help="show only the TOP busiest rows")
     p.add_argument("--format", choices=formats.FORMATS, default="table",
                    help="output format (default: table)")
@@ -112,7 +113,7 @@ class Printer:
         elif self.fmt == "seed":
             text = ("\n" if self.count else "") + formats.seed(report)
         else:
-            stamp = time.strftime("%H:%M:%S\n") if interval else ""
+            stamp = time.strftime("[%H:%M:%S]\n") if interval else ""
             text = ("\n" if self.count else "") + stamp + formats.table(report)
         self.count += 1
         self.out.write(text)

@@ -43,6 +43,7 @@ KVM_SET_SREGS = 0x4138AE84
 
 KVM_EXIT_IO = 2
 KVM_EXIT_HLT = 5
+KVM_EXIT_MMIO = 6
 KVM_EXIT_INTR = 10
 KVM_EXIT_IO_IN = 0
 
@@ -50,6 +51,7 @@ MEM_SIZE = 0x10000
 CODE_ADDR = 0x1000
 BUF_ADDR = 0x8000     # rep ins/outs buffer, up to the end of the 64 KiB segment
 STR_MAX_BYTES = 1024  # a rep-ins exit's data must fit in the kvm_run page
+DONE_SEGMENT = 0x2000  # linear 0x20000, outside guest memory
 PR_SET_NAME = 15
 
 
@@ -86,7 +88,7 @@ def parse_op(text):
 
 
 def assemble(ops, forever=False):
-    """16-bit real-mode code: each op as a loop over ECX, then hlt."""
+    """16-bit real-mode code: each op as a loop over EBP, then the done marker."""
     code = bytearray()
     for op in ops:
         opsize = b"\x66" if op.size == 4 else b""
@@ -109,6 +111,9 @@ def assemble(ops, forever=False):
         code += b"\x75" + struct.pack("<b", -(len(body) + 2 + 2))
     if forever:
         code += b"\xe9" + struct.pack("<h", -(len(code) + 3))
+    # Done: a write to unmapped memory exits to user space as MMIO, which
+    # kvm_pio does not see. (hlt would not return with the in-kernel irqchip.)
+    code += b"\xb8" + struct.pack("<H", DONE_SEGMENT) + b"\x8e\xd8\xa2\x00\x00"
     code += b"\xf4"
     return bytes(code)
 
@@ -129,7 +134,7 @@ class Vcpu:
         fcntl.ioctl(self.fd, KVM_SET_REGS, regs)
 
     def loop(self, answer=0x60):
-        """Run until hlt; answer every user-space port read with `answer`."""
+        """Run to the done marker; answer every user-space port read with `answer`."""
         run = self.run
         exits = 0
         while True:
@@ -140,7 +145,7 @@ class Vcpu:
                 if direction == KVM_EXIT_IO_IN:
                     run[offset:offset + size * count] = bytes([answer]) * (size * count)
                 exits += 1
-            elif reason == KVM_EXIT_HLT:
+            elif reason in (KVM_EXIT_MMIO, KVM_EXIT_HLT):
                 return exits
             elif reason != KVM_EXIT_INTR:
                 raise RuntimeError(f"unexpected KVM exit reason {reason}")
