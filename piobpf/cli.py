@@ -1,6 +1,8 @@
 """piobpf command line: trace kvm:kvm_pio and print counts per (direction, port).
 
 USAGE: piobpf [-d SECONDS] [-i SECONDS] [-n TOP] [--format table|json|csv|seed] [-o FILE]
+       piobpf --from-perf FILE|- [...]     count a `perf script` capture instead
+       piobpf --compare A B [...]          compare two results, exit 0 equal, 1 not, 2 error
 """
 
 import argparse
@@ -11,7 +13,7 @@ import signal
 import sys
 import time
 
-from . import __version__, formats, ioports
+from . import __version__, compare, formats, ioports, perfscript, results
 from .report import make_report
 from .snapshot import Snapshot
 
@@ -22,6 +24,8 @@ EXAMPLES = """examples:
     piobpf -d 10 --format json -o pio.json
     piobpf -d 30 --format seed   # the output of the perf + awk recipe
     piobpf --ioports guest-ioports.txt   # name ports by the guest's map
+    perf script | piobpf --from-perf -    # count a perf capture, no root needed
+    piobpf --compare pio_stat piobpf.json  # do perf and piobpf agree? (exit 0)
 """
 
 
@@ -72,11 +76,52 @@ def parse_args(argv):
     p.add_argument("--attach", choices=ATTACH_MODES, default="auto",
                    help="raw or classic tracepoint (default: raw when its layout checks out)")
     p.add_argument("--version", action="version", version=f"piobpf {__version__}")
-    return p.parse_args(argv)
+    offline = p.add_mutually_exclusive_group()
+    offline.add_argument("--from-perf", metavar="FILE",
+                         help="count kvm_pio events in `perf script` text (- for stdin) "
+                              "instead of tracing")
+    offline.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                         help="compare two results (perf script text or piobpf JSON); "
+                              "exit 0 if equal, 1 if not, 2 on error")
+    args = p.parse_args(argv)
+    if (args.from_perf or args.compare) and (args.duration or args.interval
+                                              or args.attach != "auto"):
+        p.error("-d, -i and --attach are for tracing, not for --from-perf or --compare")
+    if args.compare and args.format not in compare.RENDER:
+        p.error(f"--compare prints {', '.join(compare.RENDER)}, not {args.format}")
+    if args.compare and args.compare.count("-") > 1:
+        p.error("only one of A and B can be - (stdin)")
+    return args
 
 
 def warn(message):
     print(f"piobpf: {message}", file=sys.stderr)
+
+
+def open_input(path):
+    """A text stream for FILE or - (stdin); CliError when unreadable."""
+    if path == "-":
+        return contextlib.nullcontext(sys.stdin)
+    try:
+        return open(path, encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise CliError(f"cannot read {path}: {e.strerror}")
+
+
+def open_output(path):
+    """A text stream for -o FILE, else stdout; CliError when unwritable."""
+    if not path:
+        return contextlib.nullcontext(sys.stdout)
+    try:
+        return open(path, "w")
+    except OSError as e:
+        raise CliError(f"cannot write {path}: {e.strerror}")
+
+
+def report_malformed(path, count, first):
+    """Malformed kvm_pio lines are never dropped silently."""
+    if count:
+        warn(f"{path}: {count} malformed kvm_pio line(s) not counted; first at line {first}")
 
 
 def load_ioports(path):
@@ -178,15 +223,10 @@ def trace(counter, args, printer, stopper):
         printer.emit(final, end - start)
 
 
-def run(argv):
+def run_trace(args):
     from .kernel import PioCounter
-    args = parse_args(argv)
-    try:
-        out = open(args.output, "w") if args.output else contextlib.nullcontext(sys.stdout)
-    except OSError as e:
-        raise CliError(f"cannot write {args.output}: {e.strerror}")
     stopper = Stopper()
-    with out as stream:
+    with open_output(args.output) as stream:
         # Load first: a missing privilege or header is the one line to show.
         counter = PioCounter(attach=args.attach)
         try:
@@ -197,18 +237,54 @@ def run(argv):
     return 0
 
 
+def run_from_perf(args):
+    with open_input(args.from_perf) as f:
+        parsed = perfscript.parse(f)
+    report_malformed(args.from_perf, parsed.malformed, parsed.first_malformed)
+    name_of = load_ioports(args.ioports).lookup
+    with open_output(args.output) as stream:
+        Printer(stream, args.format, args.top, name_of).emit(parsed.snapshot, parsed.duration_s)
+    return 0
+
+
+def run_compare(args):
+    loaded = []
+    for path in args.compare:
+        with open_input(path) as f:
+            try:
+                result = results.load(f)
+            except ValueError as e:
+                raise CliError(f"{path}: {e}")
+        report_malformed(path, result.malformed, result.first_malformed)
+        loaded.append(result)
+    a, b = loaded
+    table = load_ioports(args.ioports)
+    # Names from /proc/ioports first; a JSON result's own names where it has none.
+    name_of = lambda port: table.lookup(port) or a.names.get(port) or b.names.get(port)
+    rows = compare.compare(a.snapshot, b.snapshot, name_of)
+    shown = rows[:args.top] if args.top else rows
+    with open_output(args.output) as stream:
+        stream.write(compare.RENDER[args.format](shown, *args.compare))
+    return 1 if any(r.diff for r in rows) else 0
+
+
 def main(argv=None):
     from .kernel import TraceError
+    failed = 1     # --compare fails with 2, like diff(1): 1 means "they differ"
     try:
-        return run(sys.argv[1:] if argv is None else argv)
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+        if args.compare:
+            failed = 2
+            return run_compare(args)
+        return run_from_perf(args) if args.from_perf else run_trace(args)
     except CliError as e:
         warn(e)
-        return e.status
+        return max(e.status, failed)
     except TraceError as e:
         warn(e)
-        return 1
+        return failed
     except BrokenPipeError:
         # Whoever read our output went away (`| head`): say so once, quietly exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         warn("output closed before all results were written (broken pipe)")
-        return 1
+        return failed

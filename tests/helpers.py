@@ -126,3 +126,30 @@ MIXED_EXPECTED = {
     ("write", 0x80): (13, 52),
     ("read", 0x71): (1, 1),
 }
+
+
+# The seed's pio_calculate.awk, verbatim (../shared/seed-kvm_pio.md).
+AWK = r'''{
+    if ($0 ~ /pio_write/) {
+        ops["W:"$8]++
+    } else if ($0 ~ /pio_read/) {
+        ops["R:"$8]++
+    }
+}
+
+END {
+    for (op in ops) {
+        printf "%-16.16s %d\n", op, ops[op]
+    }
+}
+'''
+
+
+def awk_pipeline(perf_text, tmp_path):
+    """`awk -f pio_calculate.awk pio_stat | sort -nk 2 -r`, run for real."""
+    (tmp_path / "pio_calculate.awk").write_text(AWK)
+    (tmp_path / "pio_stat").write_text(perf_text)
+    out = subprocess.run("awk -f pio_calculate.awk pio_stat | sort -nk 2 -r", shell=True,
+                         cwd=tmp_path, capture_output=True, text=True, check=True,
+                         env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"})
+    return out.stdout

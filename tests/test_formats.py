@@ -1,8 +1,8 @@
 import csv
 import io
 import json
-import subprocess
 
+from helpers import awk_pipeline
 from piobpf import formats
 from piobpf.report import make_report
 from piobpf.snapshot import Counts, Snapshot
@@ -64,20 +64,6 @@ def test_table_of_nothing():
     assert formats.table(empty) == "0 events in 1.00 s (0.0/s)\n"
 
 
-AWK = r'''{
-    if ($0 ~ /pio_write/) {
-        ops["W:"$8]++
-    } else if ($0 ~ /pio_read/) {
-        ops["R:"$8]++
-    }
-}
-
-END {
-    for (op in ops) {
-        printf "%-16.16s %d\n", op, ops[op]
-    }
-}
-'''
 
 
 def perf_lines():
@@ -91,12 +77,7 @@ def perf_lines():
 
 
 def test_seed_is_byte_identical_to_the_awk_pipeline(tmp_path):
-    (tmp_path / "pio_calculate.awk").write_text(AWK)
-    (tmp_path / "pio_stat").write_text(perf_lines())
-    awk = subprocess.run("awk -f pio_calculate.awk pio_stat | sort -nk 2 -r", shell=True,
-                         cwd=tmp_path, capture_output=True, text=True, check=True,
-                         env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"})
-    assert formats.seed(report()) == awk.stdout
+    assert formats.seed(report()) == awk_pipeline(perf_lines(), tmp_path)
 
 
 def test_seed_label_is_cut_at_16_like_awk():

@@ -1,0 +1,117 @@
+"""--from-perf and --compare through the command line, on files (no root)."""
+
+import io
+import json
+import subprocess
+
+from helpers import ENV, piobpf_cmd
+from piobpf import compare, results
+from piobpf.snapshot import Counts, Snapshot
+from test_perfscript import EXPECTED, FIXTURES
+
+PERF = str(FIXTURES / "perf-default.txt")
+
+
+def run(*args, stdin=None):
+    return subprocess.run(piobpf_cmd(*args), env=ENV, capture_output=True, text=True,
+                          input=stdin, timeout=60)
+
+
+def as_json(counts, duration=1.0):
+    rows = [{"direction": d, "port": p, "device": None, "events": c.events, "bytes": c.bytes}
+            for (d, p), c in counts.items()]
+    return json.dumps({"duration_s": duration, "dropped_events": 0,
+                       "total_events": sum(c.events for c in counts.values()), "rows": rows})
+
+
+def test_from_perf_json_has_the_perf_counts():
+    out = run("--from-perf", PERF, "--format", "json", "--ioports", "/dev/null")
+    assert out.returncode == 0, out.stderr
+    obj = json.loads(out.stdout)
+    assert {(r["direction"], r["port"]): Counts(r["events"], r["bytes"])
+            for r in obj["rows"]} == EXPECTED
+    assert obj["total_events"] == 13
+
+
+def test_from_perf_stdin_and_all_formats():
+    text = (FIXTURES / "perf-default.txt").read_text()
+    for fmt in ("table", "json", "csv", "seed"):
+        a = run("--from-perf", "-", "--format", fmt, stdin=text)
+        b = run("--from-perf", PERF, "--format", fmt)
+        assert a.returncode == b.returncode == 0
+        assert a.stdout == b.stdout != ""
+
+
+def test_from_perf_reports_malformed_lines():
+    text = (FIXTURES / "perf-F-trace.txt").read_text() + "pio_read at 0x3fd size\n"
+    out = run("--from-perf", "-", "--format", "seed", stdin=text)
+    assert out.returncode == 0
+    assert "R:0x3fd          3\n" in out.stdout
+    assert out.stderr.splitlines()[-1] == (
+        "piobpf: -: 1 malformed kvm_pio line(s) not counted; first at line 26: "
+        "pio_read at 0x3fd size")
+
+
+def test_load_detects_json_lines_and_perf():
+    one = results.load(io.StringIO(as_json({("read", 1): Counts(2, 2)})))
+    lines = results.load(io.StringIO(as_json({("read", 1): Counts(2, 2)}) + "\n"
+                                     + as_json({("read", 1): Counts(3, 6)}) + "\n"))
+    perf = results.load(open(PERF))
+    assert one.kind == lines.kind == "json" and perf.kind == "perf"
+    assert lines.snapshot.counts == {("read", 1): Counts(5, 8)} and lines.duration_s == 2.0
+    assert perf.snapshot.counts == EXPECTED
+
+
+def test_load_rejects_json_that_is_not_ours():
+    import pytest
+    with pytest.raises(ValueError, match="not a piobpf JSON result"):
+        results.load(io.StringIO('{"rows": [{"port": 1}]}'))
+
+
+def test_differing_rows_come_first():
+    a = Snapshot({("read", 1): Counts(5, 5), ("read", 2): Counts(100, 100),
+                  ("write", 3): Counts(7, 7)})
+    b = Snapshot({("read", 1): Counts(5, 5), ("read", 2): Counts(90, 90),
+                  ("read", 4): Counts(1, 1)})
+    rows = compare.compare(a, b)
+    assert [(r.direction, r.port, r.diff) for r in rows] == [
+        ("read", 2, -10), ("write", 3, -7), ("read", 4, 1), ("read", 1, 0)]
+    assert rows[0].diff_pct == -10.0 and rows[2].diff_pct is None
+
+
+def test_compare_exit_codes(tmp_path):
+    same = tmp_path / "same.json"
+    same.write_text(as_json(EXPECTED))
+    other = tmp_path / "other.json"
+    other.write_text(as_json({**EXPECTED, ("read", 0x3fd): Counts(4, 4)}))
+    equal = run("--compare", PERF, str(same))
+    assert equal.returncode == 0, equal.stderr
+    assert "all 7 (direction, port) counts are equal" in equal.stdout
+    differ = run("--compare", PERF, str(other), "--format", "json")
+    assert differ.returncode == 1
+    obj = json.loads(differ.stdout)
+    assert obj["equal"] is False
+    assert obj["rows"][0] == {"direction": "read", "port": 0x3fd, "device": obj["rows"][0]["device"],
+                              "events_a": 3, "events_b": 4, "diff": 1, "diff_pct": 100 / 3}
+    assert all(r["diff"] == 0 for r in obj["rows"][1:])
+
+
+def test_compare_errors_exit_2(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"hello": 1}')
+    for args in (["--compare", PERF, str(tmp_path / "missing")],
+                 ["--compare", PERF, str(bad)],
+                 ["--compare", PERF],
+                 ["--compare", "-", "-"],
+                 ["--compare", PERF, PERF, "--format", "seed"],
+                 ["--compare", PERF, PERF, "-d", "1"],
+                 ["--from-perf", PERF, "--compare", PERF, PERF]):
+        out = run(*args)
+        assert out.returncode == 2, args
+        assert len(out.stderr.splitlines()) == 1 and out.stderr.startswith("piobpf: ")
+
+
+def test_from_perf_missing_file():
+    out = run("--from-perf", "/nonexistent/pio_stat")
+    assert out.returncode == 1
+    assert out.stderr == "piobpf: cannot read /nonexistent/pio_stat: No such file or directory\n"
