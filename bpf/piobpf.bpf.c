@@ -1,33 +1,68 @@
-// piobpf: count kvm:kvm_pio events per (direction, port) in the kernel.
+// piobpf: count kvm:kvm_pio events per (direction, port) in the kernel,
+// optionally per VMM process (PIOBPF_BY 1) or per vCPU thread (PIOBPF_BY 2).
 //
 // Compiled by BCC. The front end passes parameters only as -D flags with
-// numeric values, so nothing it is given can become C code.
+// numeric values, so nothing it is given can become C code; PIDs to trace go
+// into the pids map after load.
 //
 // Counts are cumulative and never cleared: user space reads snapshots and
 // subtracts, so an event that lands while a read is under way is counted in
 // this interval or the next, never lost and never twice.
 
 #ifndef PIOBPF_MAX_ENTRIES
-#define PIOBPF_MAX_ENTRIES 131072   // 2 directions x 65536 ports: never full
+#define PIOBPF_MAX_ENTRIES 131072   // 2 directions x 65536 ports: never full by port
 #endif
+#ifndef PIOBPF_BY
+#define PIOBPF_BY 0                 // 0: port, 1: + process (VM), 2: + thread (vCPU)
+#endif
+#define PIOBPF_MAX_PIDS 1024
+
+struct pio_key {
+    u32 dirport;    // direction << 16 | port
+    u32 tgid;       // 0 unless PIOBPF_BY >= 1
+    u32 tid;        // 0 unless PIOBPF_BY == 2
+};
 
 struct pio_counts {
     u64 events;
     u64 bytes;
+#if PIOBPF_BY == 2
+    char comm[16];  // the thread's name (QEMU: "CPU 3/KVM"), even after it exits
+#endif
 };
 
 // A preallocated hash: inserts below max_entries cannot fail for memory.
-BPF_HASH(counts, u32, struct pio_counts, PIOBPF_MAX_ENTRIES);
+BPF_HASH(counts, struct pio_key, struct pio_counts, PIOBPF_MAX_ENTRIES);
 // Events whose key could not be inserted (map full): reported, not hidden.
 BPF_ARRAY(dropped, u64, 1);
+#ifdef PIOBPF_FILTER_PIDS
+BPF_HASH(pids, u32, u8, PIOBPF_MAX_PIDS);
+#endif
 
 static __always_inline void count_pio(u32 rw, u32 port, u32 size, u32 count)
 {
-    u32 key = (rw ? 0x10000 : 0) | (port & 0xffff);
+    struct pio_key key = {.dirport = (rw ? 0x10000 : 0) | (port & 0xffff)};
+#if PIOBPF_BY || defined(PIOBPF_FILTER_PIDS)
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+#endif
+#ifdef PIOBPF_FILTER_PIDS
+    if (!pids.lookup(&tgid))
+        return;
+#endif
+#if PIOBPF_BY
+    key.tgid = tgid;
+#endif
+#if PIOBPF_BY == 2
+    key.tid = (u32)id;
+#endif
     struct pio_counts *c = counts.lookup(&key);
 
     if (!c) {
         struct pio_counts zero = {};
+#if PIOBPF_BY == 2
+        bpf_get_current_comm(&zero.comm, sizeof(zero.comm));
+#endif
         // BPF_NOEXIST: when another CPU inserted the key first, keep its counts.
         counts.insert(&key, &zero);
         c = counts.lookup(&key);

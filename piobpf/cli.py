@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 
-from . import __version__, compare, formats, ioports, perfscript, results
+from . import __version__, compare, formats, ioports, names, perfscript, results
 from .report import make_report
 from .snapshot import Snapshot
 
@@ -23,6 +23,8 @@ EXAMPLES = """examples:
     piobpf -i 1 -n 10         # top 10 ports every second
     piobpf -d 10 --format json -o pio.json
     piobpf -d 30 --format seed   # the output of the perf + awk recipe
+    piobpf -d 10 --by vm      # which VM: per VMM process, its top ports
+    piobpf -d 10 --by vcpu -p 4242   # the vCPUs of process 4242 only
     piobpf --ioports guest-ioports.txt   # name ports by the guest's map
     perf script | piobpf --from-perf -    # count a perf capture, no root needed
     piobpf --compare pio_stat piobpf.json  # do perf and piobpf agree? (exit 0)
@@ -56,8 +58,28 @@ def number(kind):
     return convert
 
 
+def pid_list(text):
+    """-p PID[,PID...]: numbers of running processes (not threads)."""
+    from .kernel import MAX_PIDS
+    pids = []
+    for part in text.split(","):
+        if not part.strip().isdigit() or not 0 < int(part) < 2**22:
+            raise argparse.ArgumentTypeError(f"not a PID: {part!r}")
+        pid = int(part)
+        status = names.read_proc(f"/proc/{pid}/status")
+        if status is None:
+            raise argparse.ArgumentTypeError(f"no such process: {pid}")
+        tgid = int(status.split(b"\nTgid:", 1)[1].split()[0])
+        if tgid != pid:
+            raise argparse.ArgumentTypeError(f"{pid} is a thread of process {tgid}: give {tgid}")
+        pids.append(pid)
+    if len(pids) > MAX_PIDS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_PIDS} PIDs")
+    return sorted(set(pids))
+
+
 def parse_args(argv):
-    from .kernel import ATTACH_MODES
+    from .kernel import ATTACH_MODES, BY_MODES, DEFAULT_MAX_ENTRIES
     p = Parser(prog="piobpf", epilog=EXAMPLES,
                formatter_class=argparse.RawDescriptionHelpFormatter,
                description="Count KVM guest port I/O (kvm:kvm_pio) per direction and port "
@@ -75,6 +97,13 @@ def parse_args(argv):
                    help="name ports from this ioports file (default: /proc/ioports)")
     p.add_argument("--attach", choices=ATTACH_MODES, default="auto",
                    help="raw or classic tracepoint (default: raw when its layout checks out)")
+    p.add_argument("--by", choices=BY_MODES, default="port",
+                   help="count per port (default), also per VM (VMM process) or per vCPU thread")
+    p.add_argument("-p", "--pid", type=pid_list, metavar="PID[,PID...]",
+                   help="trace only these VMM processes (filtered in the kernel)")
+    p.add_argument("--map-size", type=number(int), default=DEFAULT_MAX_ENTRIES, metavar="N",
+                   help=f"entries of the kernel's count map (default {DEFAULT_MAX_ENTRIES}); "
+                        "events of keys that do not fit are counted as dropped")
     p.add_argument("--version", action="version", version=f"piobpf {__version__}")
     offline = p.add_mutually_exclusive_group()
     offline.add_argument("--from-perf", metavar="FILE",
@@ -84,9 +113,13 @@ def parse_args(argv):
                          help="compare two results (perf script text or piobpf JSON); "
                               "exit 0 if equal, 1 if not, 2 on error")
     args = p.parse_args(argv)
-    if (args.from_perf or args.compare) and (args.duration or args.interval
-                                              or args.attach != "auto"):
-        p.error("-d, -i and --attach are for tracing, not for --from-perf or --compare")
+    if (args.from_perf or args.compare) and (
+            args.duration or args.interval or args.attach != "auto" or args.pid
+            or args.by != "port" or args.map_size != DEFAULT_MAX_ENTRIES):
+        p.error("-d, -i, -p, --by, --map-size and --attach are for tracing, "
+                "not for --from-perf or --compare")
+    if args.map_size > 1 << 24:
+        p.error(f"--map-size: at most {1 << 24}")
     if args.compare and args.format not in compare.RENDER:
         p.error(f"--compare prints {', '.join(compare.RENDER)}, not {args.format}")
     if args.compare and args.compare.count("-") > 1:
@@ -143,13 +176,14 @@ def load_ioports(path):
 class Printer:
     """Writes each report in the chosen format; knows what is printed once."""
 
-    def __init__(self, out, fmt, top, name_of):
+    def __init__(self, out, fmt, top, name_of, by="port", label=None):
         self.out, self.fmt, self.top, self.name_of = out, fmt, top, name_of
+        self.by, self.label = by, label
         self.started = time.monotonic()
         self.count = 0
 
     def emit(self, snapshot, duration, interval=False):
-        report = make_report(snapshot, duration, self.name_of, self.top)
+        report = make_report(snapshot, duration, self.name_of, self.top, self.by, self.label)
         if self.fmt == "json":
             text = formats.json_line(report)
         elif self.fmt == "csv":
@@ -187,15 +221,20 @@ class Stopper:
                 os.read(self._r, 64)
 
 
-def trace(counter, args, printer, stopper):
-    """Count until -d, Ctrl-C or SIGTERM; the last read comes after detach."""
+def trace(counter, args, printer, stopper, labeler=None):
+    """Count until -d, Ctrl-C or SIGTERM; the last read comes after detach.
+
+    With a labeler (--by vm|vcpu) the map is also read every second, so VMs
+    are named while they run."""
     start = last_t = time.monotonic()
     what = f"for {args.duration:g} s" if args.duration else "until Ctrl-C"
-    print(f"Tracing kvm:kvm_pio per (direction, port) {what}... Ctrl-C to end.",
+    per = {"port": "", "vm": "VM and ", "vcpu": "vCPU and "}[args.by]
+    of = f" of PID {', '.join(map(str, args.pid))}" if args.pid else ""
+    print(f"Tracing kvm:kvm_pio{of} per {per}(direction, port) {what}... Ctrl-C to end.",
           file=sys.stderr, flush=True)
     progress = args.duration and not args.interval and sys.stderr.isatty()
     deadline = start + args.duration if args.duration else float("inf")
-    step = args.interval or (1.0 if progress else 3600.0)
+    step = args.interval or (1.0 if progress or labeler else 3600.0)
     tick = start + step
     last = Snapshot()
     while not stopper.stopped:
@@ -205,13 +244,15 @@ def trace(counter, args, printer, stopper):
             break
         if now >= tick:
             tick += step * (1 + int((now - tick) // step))  # no drift, no burst
+            snap = counter.read()
+            if labeler:
+                labeler.learn(snap)
             if args.interval:
-                snap = counter.read()
                 printer.emit(snap - last, now - last_t, interval=True)
                 last, last_t = snap, now
             elif progress:
                 sys.stderr.write(f"\r{now - start:.0f}/{args.duration:g} s, "
-                                 f"{counter.read().total_events} events ")
+                                 f"{snap.total_events} events ")
                 sys.stderr.flush()
     counter.detach()
     final, end = counter.read(), time.monotonic()
@@ -228,10 +269,13 @@ def run_trace(args):
     stopper = Stopper()
     with open_output(args.output) as stream:
         # Load first: a missing privilege or header is the one line to show.
-        counter = PioCounter(attach=args.attach)
+        counter = PioCounter(attach=args.attach, max_entries=args.map_size, by=args.by,
+                             pids=args.pid or ())
         try:
             name_of = load_ioports(args.ioports).lookup
-            trace(counter, args, Printer(stream, args.format, args.top, name_of), stopper)
+            labeler = names.Labeler(args.by, counter.comms) if args.by != "port" else None
+            printer = Printer(stream, args.format, args.top, name_of, args.by, labeler)
+            trace(counter, args, printer, stopper, labeler)
         finally:
             counter.close()
     return 0

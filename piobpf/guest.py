@@ -1,13 +1,16 @@
 """A tiny real-mode KVM guest that does scripted port I/O (tests and demo).
 
-USAGE: python3 -m piobpf.guest [--irqchip] [--thread-name NAME] [--wait]
-                                [--forever] OP [OP ...]
+USAGE: python3 -m piobpf.guest [--irqchip] [--thread-name NAME] [-name NAME]
+                                [--wait] [--hold] [--forever] OP [OP ...] [+ OP ...]
 
 Each OP is DIR:PORT[:SIZE[:REPS[:STRCOUNT]]]: DIR is r or w, SIZE 1, 2 or 4
 (default 1), REPS how often the instruction runs (default 1). With STRCOUNT
 the instruction is `rep ins`/`rep outs` of STRCOUNT elements instead of a
 plain in/out: `rep ins` makes one kvm_pio event of count STRCOUNT, `rep outs`
-makes STRCOUNT events of count 1.
+makes STRCOUNT events of count 1. A `+` starts the ops of another vCPU:
+each vCPU runs in its own thread, named by --thread-name with {i} replaced
+by the vCPU's index (QEMU's threads are `CPU {i}/KVM`). `-name` is ignored,
+but shows in the process's command line as QEMU's does.
 
 Pure Python over the /dev/kvm ioctls: no compiler and no disk image. Ports
 that the kernel does not emulate exit to this process, which answers them,
@@ -49,6 +52,8 @@ KVM_EXIT_IO_IN = 0
 
 MEM_SIZE = 0x10000
 CODE_ADDR = 0x1000
+CODE_STRIDE = 0x1000  # each vCPU's code in its own 4 KiB, below the buffer
+MAX_VCPUS = 7
 BUF_ADDR = 0x8000     # rep ins/outs buffer, up to the end of the 64 KiB segment
 STR_MAX_BYTES = 1024  # a rep-ins exit's data must fit in the kvm_run page
 DONE_SEGMENT = 0x2000  # linear 0x20000, outside guest memory
@@ -119,7 +124,7 @@ def assemble(ops, forever=False):
 
 
 class Vcpu:
-    def __init__(self, vm_fd, index, mmap_size):
+    def __init__(self, vm_fd, index, mmap_size, rip):
         self.fd = fcntl.ioctl(vm_fd, KVM_CREATE_VCPU, index)
         self.run = mmap.mmap(self.fd, mmap_size, mmap.MAP_SHARED,
                              mmap.PROT_READ | mmap.PROT_WRITE)
@@ -128,7 +133,7 @@ class Vcpu:
         struct.pack_into("<QIH", sregs, 0, 0, 0xFFFF, 0)   # cs: base 0, selector 0
         fcntl.ioctl(self.fd, KVM_SET_SREGS, sregs)
         regs = bytearray(144)
-        struct.pack_into("<Q", regs, 16 * 8, CODE_ADDR)    # rip
+        struct.pack_into("<Q", regs, 16 * 8, rip)
         struct.pack_into("<Q", regs, 17 * 8, 2)            # rflags: reserved bit
         struct.pack_into("<Q", regs, 6 * 8, 0xFFF0)        # rsp
         fcntl.ioctl(self.fd, KVM_SET_REGS, regs)
@@ -152,9 +157,11 @@ class Vcpu:
 
 
 class Guest:
-    """One VM with one vCPU running the assembled ops."""
+    """One VM; vCPU i runs the assembled ops of programs[i]."""
 
-    def __init__(self, ops, irqchip=False, forever=False):
+    def __init__(self, programs, irqchip=False, forever=False):
+        if not 1 <= len(programs) <= MAX_VCPUS:
+            raise ValueError(f"1 to {MAX_VCPUS} vCPUs")
         self.kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
         if fcntl.ioctl(self.kvm, KVM_GET_API_VERSION, 0) != 12:
             raise RuntimeError("unexpected KVM API version")
@@ -168,10 +175,15 @@ class Guest:
         addr = ctypes.addressof(ctypes.c_char.from_buffer(self.mem))
         region = struct.pack("<IIQQQ", 0, 0, 0, MEM_SIZE, addr)
         fcntl.ioctl(self.vm, KVM_SET_USER_MEMORY_REGION, region)
-        code = assemble(ops, forever)
-        self.mem[CODE_ADDR:CODE_ADDR + len(code)] = code
         mmap_size = fcntl.ioctl(self.kvm, KVM_GET_VCPU_MMAP_SIZE, 0)
-        self.vcpu = Vcpu(self.vm, 0, mmap_size)
+        self.vcpus = []
+        for i, ops in enumerate(programs):
+            code = assemble(ops, forever)
+            if len(code) > CODE_STRIDE:
+                raise ValueError(f"vCPU {i}: too many ops")
+            at = CODE_ADDR + i * CODE_STRIDE
+            self.mem[at:at + len(code)] = code
+            self.vcpus.append(Vcpu(self.vm, i, mmap_size, at))
 
 
 def set_thread_name(name):
@@ -180,40 +192,60 @@ def set_thread_name(name):
     libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 
+def split_programs(words):
+    """OP ... [+ OP ...] -> one list of PortOps per vCPU."""
+    programs = [[]]
+    for word in words:
+        if word == "+":
+            programs.append([])
+        else:
+            programs[-1].append(parse_op(word))
+    if not all(programs):
+        raise ValueError("every vCPU needs at least one op")
+    return programs
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python3 -m piobpf.guest",
         description="Run a tiny real-mode KVM guest doing scripted port I/O.")
-    parser.add_argument("ops", nargs="+", metavar="OP", help="DIR:PORT[:SIZE[:REPS[:STRCOUNT]]]")
+    parser.add_argument("ops", nargs="+", metavar="OP",
+                        help="DIR:PORT[:SIZE[:REPS[:STRCOUNT]]], + between vCPUs")
     parser.add_argument("--irqchip", action="store_true",
                         help="in-kernel PIC and PIT (ports 0x20/0x21/0xa0/0xa1/0x40-0x43)")
-    parser.add_argument("--thread-name", help="name of the vCPU thread, e.g. 'CPU 0/KVM'")
+    parser.add_argument("--thread-name", help="vCPU thread name, {i} the index: 'CPU {i}/KVM'")
+    parser.add_argument("-name", help="a VM name in the command line, like QEMU's -name")
     parser.add_argument("--wait", action="store_true",
-                        help="print 'ready' and start only after a line on stdin")
+                        help="print 'ready', start the ops after a line on stdin")
+    parser.add_argument("--hold", action="store_true",
+                        help="after the ops, stay alive until stdin closes")
     parser.add_argument("--forever", action="store_true", help="repeat the ops until killed")
     args = parser.parse_args(argv)
     try:
-        ops = [parse_op(o) for o in args.ops]
-        guest = Guest(ops, irqchip=args.irqchip, forever=args.forever)
+        guest = Guest(split_programs(args.ops), irqchip=args.irqchip, forever=args.forever)
     except (ValueError, OSError, RuntimeError) as e:
         print(f"guest: {e}", file=sys.stderr)
         return 1
+
     if args.wait:
         print("ready", flush=True)
         sys.stdin.readline()
+    exits = [0] * len(guest.vcpus)
 
-    result = {}
-
-    def vcpu_thread():
+    def vcpu_thread(i):
         if args.thread_name:
-            set_thread_name(args.thread_name)
-        result["exits"] = guest.vcpu.loop()
+            set_thread_name(args.thread_name.replace("{i}", str(i)))
+        exits[i] = guest.vcpus[i].loop()
 
-    # A thread of its own, like a VMM's vCPU thread, so it can carry a name.
-    t = threading.Thread(target=vcpu_thread)
-    t.start()
-    t.join()
-    print(f"done exits={result.get('exits', 0)}", flush=True)
+    # Threads of their own, like a VMM's vCPU threads, so they carry names.
+    threads = [threading.Thread(target=vcpu_thread, args=(i,)) for i in range(len(exits))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(f"done exits={sum(exits)}", flush=True)
+    if args.hold:
+        sys.stdin.read()
     return 0
 
 

@@ -15,6 +15,8 @@ RAW_ARGS = ["rw", "port", "size", "count"]     # TP_PROTO order the raw probe re
 DEFAULT_MAX_ENTRIES = 2 * 65536
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 ATTACH_MODES = ("auto", "raw", "classic")
+BY_MODES = ("port", "vm", "vcpu")   # PIOBPF_BY 0, 1, 2 in the BPF C
+MAX_PIDS = 1024                     # PIOBPF_MAX_PIDS in the BPF C
 
 
 class TraceError(Exception):
@@ -106,18 +108,25 @@ def import_bcc():
 
 
 class PioCounter:
-    """kvm:kvm_pio counts per (direction, port), aggregated in the kernel."""
+    """kvm:kvm_pio counts aggregated in the kernel.
 
-    def __init__(self, attach="auto", max_entries=DEFAULT_MAX_ENTRIES):
+    Snapshot keys are (direction, port), plus the VMM's pid with by="vm",
+    plus pid and tid with by="vcpu". `pids` limits counting to those VMM
+    processes, in the kernel."""
+
+    def __init__(self, attach="auto", max_entries=DEFAULT_MAX_ENTRIES, by="port", pids=()):
         check_privileges()
         tracefs = find_tracefs()
         fields = kvm_pio_fields(tracefs)
         bcc = import_bcc()
         check_headers()
         self.attach = choose_attach(attach, fields, bcc.BPF.support_raw_tracepoint())
-        cflags = [f"-DPIOBPF_MAX_ENTRIES={int(max_entries)}"]
+        self.by = BY_MODES.index(by)
+        cflags = [f"-DPIOBPF_MAX_ENTRIES={int(max_entries)}", f"-DPIOBPF_BY={self.by}"]
         if self.attach == "classic":
             cflags.append("-DPIOBPF_CLASSIC")
+        if pids:
+            cflags.append("-DPIOBPF_FILTER_PIDS")
         try:
             self._bpf = bcc.BPF(src_file=str(bpf_source_path()).encode(), cflags=cflags)
         except Exception as e:   # BCC raises bare Exception for compile/load failures
@@ -125,6 +134,12 @@ class PioCounter:
         self._counts = self._bpf["counts"]
         self._dropped = self._bpf["dropped"]
         self._batch = True
+        self.comms = {}     # tid -> thread name the kernel saw (by vcpu)
+        # The program counts nothing for a filtered run until its pids are in.
+        if pids:
+            table = self._bpf["pids"]
+            for pid in pids:
+                table[table.Key(pid)] = table.Leaf(1)
 
     def _items(self):
         # One syscall per batch instead of two per key; older kernels lack it.
@@ -139,8 +154,11 @@ class PioCounter:
         """The cumulative counts now."""
         counts = {}
         for k, v in self._items():
-            key = getattr(k, "value", k)   # batch reads give ints, items() c_uints
-            counts[(WRITE if key >> 16 else READ, key & 0xFFFF)] = Counts(v.events, v.bytes)
+            key = (WRITE if k.dirport >> 16 else READ, k.dirport & 0xFFFF,
+                   k.tgid, k.tid)[:2 + self.by]
+            counts[key] = Counts(v.events, v.bytes)
+            if self.by == 2:
+                self.comms.setdefault(k.tid, v.comm.decode(errors="replace"))
         return Snapshot(counts, self._dropped[0].value)
 
     def detach(self):

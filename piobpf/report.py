@@ -1,8 +1,11 @@
-"""Turn a snapshot into sorted rows with device names (pure)."""
+"""Turn a snapshot into sorted rows with device (and VM) names (pure)."""
 
+from collections import defaultdict
 from dataclasses import dataclass
 
 from .snapshot import READ
+
+LABELS = ("pid", "vm", "tid", "thread", "vcpu")   # extra row fields of --by vm|vcpu
 
 
 @dataclass(frozen=True)
@@ -12,6 +15,11 @@ class Row:
     device: object      # str, or None when no ioports range names the port
     events: int
     bytes: int
+    pid: object = None  # the rest only with --by vm (pid, vm) or vcpu (all)
+    vm: object = None
+    tid: object = None
+    thread: object = None
+    vcpu: object = None
 
 
 @dataclass(frozen=True)
@@ -20,16 +28,31 @@ class Report:
     total_events: int   # over all rows, also those cut by `top`
     dropped_events: int
     rows: tuple
+    by: str = "port"
 
     @property
     def rate(self):
         return self.total_events / self.duration_s if self.duration_s > 0 else 0.0
 
 
-def make_report(snapshot, duration_s, name_of=lambda port: None, top=None):
-    """Rows sorted by events, most first; ties by direction, then port."""
-    rows = sorted((Row(d, p, name_of(p), c.events, c.bytes)
-                   for (d, p), c in snapshot.counts.items()),
-                  key=lambda r: (-r.events, r.direction != READ, r.port))
-    return Report(duration_s, snapshot.total_events, snapshot.dropped,
-                  tuple(rows[:top] if top else rows))
+def _by_events(rows):
+    return sorted(rows, key=lambda r: (-r.events, r.direction != READ, r.port))
+
+
+def make_report(snapshot, duration_s, name_of=lambda port: None, top=None,
+                by="port", label=None):
+    """Rows sorted by events, most first; ties by direction, then port.
+
+    With --by vm|vcpu (`label` gives the extra fields of a key) rows are
+    grouped per VM or vCPU, busiest group first, `top` rows per group."""
+    groups = defaultdict(list)
+    for key, c in snapshot.counts.items():
+        extra = label(key) if label else {}
+        groups[key[2:]].append(Row(key[0], key[1], name_of(key[1]), c.events, c.bytes, **extra))
+    ordered = sorted(groups.values(), key=lambda g: (-sum(r.events for r in g), g[0].pid or 0,
+                                                     g[0].tid or 0))
+    rows = []
+    for group in ordered:
+        group = _by_events(group)
+        rows.extend(group[:top] if top else group)
+    return Report(duration_s, snapshot.total_events, snapshot.dropped, tuple(rows), by)

@@ -50,6 +50,33 @@ def run_guest(*ops, thread_name=None, irqchip=False):
     return out.stdout
 
 
+class HeldGuest:
+    """A guest process that waits to start (its pid known) and stays alive after."""
+
+    def __init__(self, *ops, name=None, thread_name=None):
+        cmd = [PY, "-m", "piobpf.guest", "--wait", "--hold", *ops]
+        if name:
+            cmd += ["-name", f"guest={name},debug-threads=on"]
+        if thread_name:
+            cmd += ["--thread-name", thread_name]
+        self.proc = subprocess.Popen(cmd, env=ENV, text=True, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE)
+        assert self.proc.stdout.readline() == "ready\n"
+        self.pid = self.proc.pid
+
+    def start(self):
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def wait_done(self):
+        line = self.proc.stdout.readline()
+        assert line.startswith("done"), line
+
+    def end(self):
+        self.proc.stdin.close()
+        assert self.proc.wait(timeout=60) == 0
+
+
 class Traced:
     """A piobpf process, started and attached (its 'Tracing...' line seen)."""
 

@@ -1,0 +1,81 @@
+import json
+
+from piobpf import formats, names
+from piobpf.report import make_report
+from piobpf.snapshot import Counts, Snapshot
+
+
+def test_qemu_name_forms():
+    assert names.qemu_name(["qemu", "-name", "guest=web1,debug-threads=on"]) == "web1"
+    assert names.qemu_name(["qemu", "-name", "db2"]) == "db2"
+    assert names.qemu_name(["qemu", "-name", "db2,process=qemu:db2"]) == "db2"
+    assert names.qemu_name(["qemu", "-name", "process=x,guest=a,,b"]) == "a,b"
+    assert names.qemu_name(["qemu", "-m", "1G"]) is None
+    assert names.qemu_name(["qemu", "-name"]) is None
+    assert names.qemu_name(["qemu", "-name", "debug-threads=on"]) is None
+
+
+def test_vcpu_index():
+    assert names.vcpu_index("CPU 3/KVM") == 3
+    assert names.vcpu_index("CPU 12/KVM") == 12
+    assert names.vcpu_index("qemu-kvm") is None
+    assert names.vcpu_index(None) is None
+
+
+def fake_proc(tmp, pid, argv, comm):
+    d = tmp / str(pid)
+    d.mkdir()
+    (d / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+    (d / "comm").write_text(comm + "\n")
+
+
+def test_labeler_looks_up_once_and_keeps_names_of_gone_processes(tmp_path):
+    fake_proc(tmp_path, 10, ["qemu-system-x86_64", "-name", "guest=web1"], "qemu-system-x86")
+    fake_proc(tmp_path, 11, ["firecracker", "--api-sock", "/x"], "firecracker")
+    lab = names.Labeler("vm", {}, proc=str(tmp_path))
+    lab.learn(Snapshot({("read", 1, 10): Counts(1, 1), ("read", 1, 11): Counts(1, 1)}))
+    for pid in (10, 11):
+        (tmp_path / str(pid) / "cmdline").unlink()
+        (tmp_path / str(pid) / "comm").unlink()
+    assert lab(("read", 1, 10)) == {"pid": 10, "vm": "web1"}
+    assert lab(("read", 1, 11)) == {"pid": 11, "vm": "firecracker"}
+    assert lab(("read", 1, 12)) == {"pid": 12, "vm": None}
+
+
+def test_labeler_vcpu_fields(tmp_path):
+    fake_proc(tmp_path, 10, ["qemu", "-name", "web1"], "qemu")
+    lab = names.Labeler("vcpu", {21: "CPU 1/KVM", 22: "worker"}, proc=str(tmp_path))
+    assert lab(("read", 1, 10, 21)) == {"pid": 10, "vm": "web1", "tid": 21,
+                                        "thread": "CPU 1/KVM", "vcpu": 1}
+    assert lab(("read", 1, 10, 22))["vcpu"] is None
+
+
+SNAP = Snapshot({("read", 0x3fd, 10): Counts(5, 5), ("write", 0x20, 10): Counts(7, 7),
+                 ("read", 0x3fd, 20): Counts(100, 100), ("read", 0x60, 20): Counts(1, 1),
+                 ("read", 0x61, 20): Counts(2, 2)})
+LABEL = {10: "small", 20: "big"}
+
+
+def report(top=None):
+    return make_report(SNAP, 1.0, lambda p: None, top, by="vm",
+                       label=lambda k: {"pid": k[2], "vm": LABEL[k[2]]})
+
+
+def test_groups_busiest_vm_first_top_per_vm():
+    rows = report(top=2).rows
+    assert [(r.vm, r.port) for r in rows] == [("big", 0x3fd), ("big", 0x61),
+                                               ("small", 0x20), ("small", 0x3fd)]
+    assert report(top=2).total_events == 115
+
+
+def test_vm_table_json_csv_seed():
+    r = report()
+    lines = formats.table(r).splitlines()
+    assert lines[0].split()[:2] == ["VM", "DIR"]
+    assert lines[2].split()[:4] == ["big", "[20]", "read", "0x03fd"]
+    assert lines[3].split()[:2] == ["read", "0x0061"]        # VM shown once per group
+    row = json.loads(formats.json_line(r))["rows"][0]
+    assert row == {"direction": "read", "port": 0x3fd, "device": None, "events": 100,
+                   "bytes": 100, "pid": 20, "vm": "big"}
+    assert formats.csv_text(r).splitlines()[0] == "direction,port,device,events,bytes,pid,vm"
+    assert formats.seed(r).splitlines()[0] == "R:0x3fd          105"
