@@ -3,8 +3,9 @@
 USAGE: python3 -m piobpf.guest [--irqchip] [--thread-name NAME] [-name NAME]
                                 [--wait] [--hold] [--forever] OP [OP ...] [+ OP ...]
 
-Each OP is DIR:PORT[:SIZE[:REPS[:STRCOUNT]]]: DIR is r or w, SIZE 1, 2 or 4
-(default 1), REPS how often the instruction runs (default 1). With STRCOUNT
+Each OP is DIR:PORT[-LAST][:SIZE[:REPS[:STRCOUNT]]]: DIR is r or w, SIZE 1,
+2 or 4 (default 1), REPS how often the instruction runs (default 1); with
+-LAST the instruction sweeps every port from PORT to LAST once. With STRCOUNT
 the instruction is `rep ins`/`rep outs` of STRCOUNT elements instead of a
 plain in/out: `rep ins` makes one kvm_pio event of count STRCOUNT, `rep outs`
 makes STRCOUNT events of count 1. A `+` starts the ops of another vCPU:
@@ -67,29 +68,25 @@ class PortOp:
     size: int = 1
     reps: int = 1
     strcount: int = 0   # 0: plain in/out; N: rep ins/outs of N elements
-
-    def events(self):
-        """kvm_pio events this op makes: rep ins is one event per instruction."""
-        if self.strcount and self.direction == "write":
-            return self.reps * self.strcount
-        return self.reps
-
-    def bytes(self):
-        return self.reps * self.size * max(self.strcount, 1)
+    last: int = None    # a sweep: every port from `port` to `last`, once each
 
 
 def parse_op(text):
-    """DIR:PORT[:SIZE[:REPS[:STRCOUNT]]] -> PortOp; ValueError on bad input."""
+    """DIR:PORT[-LAST][:SIZE[:REPS[:STRCOUNT]]] -> PortOp; ValueError on bad input."""
     parts = text.split(":")
     if not 2 <= len(parts) <= 5 or parts[0] not in ("r", "w"):
-        raise ValueError(f"bad op {text!r}: want r|w:PORT[:SIZE[:REPS[:STRCOUNT]]]")
-    nums = [int(p, 0) for p in parts[1:]]
+        raise ValueError(f"bad op {text!r}: want r|w:PORT[-LAST][:SIZE[:REPS[:STRCOUNT]]]")
+    first, _, last = parts[1].partition("-")
+    nums = [int(p, 0) for p in [first] + parts[2:]]
     port, size, reps, strcount = nums + [1, 1, 0][len(nums) - 1:]
+    last = int(last, 0) if last else None
     if not 0 <= port <= 0xFFFF or size not in (1, 2, 4) or reps < 1 or strcount < 0:
         raise ValueError(f"bad op {text!r}: port 0-0xffff, size 1/2/4, reps >= 1")
+    if last is not None and not (port <= last <= 0xFFFF and reps == 1 and not strcount):
+        raise ValueError(f"bad op {text!r}: a sweep PORT-LAST runs once, without strings")
     if strcount * size > STR_MAX_BYTES:
         raise ValueError(f"bad op {text!r}: string of {strcount}x{size} bytes is too long")
-    return PortOp("read" if parts[0] == "r" else "write", port, size, reps, strcount)
+    return PortOp("read" if parts[0] == "r" else "write", port, size, reps, strcount, last)
 
 
 def assemble(ops, forever=False):
@@ -105,6 +102,12 @@ def assemble(ops, forever=False):
         else:
             # in/out al|ax|eax, dx
             insn = opsize + bytes([(0xEC if op.direction == "read" else 0xEE) + (op.size > 1)])
+        if op.last is not None:
+            # mov ebp, n; mov dx, port; again: in/out; inc dx; dec ebp; jnz again
+            code += b"\x66\xbd" + struct.pack("<I", op.last - op.port + 1)
+            code += b"\xba" + struct.pack("<H", op.port)
+            code += insn + b"\x42\x66\x4d" + b"\x75" + struct.pack("<b", -(len(insn) + 5))
+            continue
         body = b"\xba" + struct.pack("<H", op.port) + insn
         if op.reps == 1:
             code += body
@@ -210,7 +213,7 @@ def main(argv=None):
         prog="python3 -m piobpf.guest",
         description="Run a tiny real-mode KVM guest doing scripted port I/O.")
     parser.add_argument("ops", nargs="+", metavar="OP",
-                        help="DIR:PORT[:SIZE[:REPS[:STRCOUNT]]], + between vCPUs")
+                        help="DIR:PORT[-LAST][:SIZE[:REPS[:STRCOUNT]]], + between vCPUs")
     parser.add_argument("--irqchip", action="store_true",
                         help="in-kernel PIC and PIT (ports 0x20/0x21/0xa0/0xa1/0x40-0x43)")
     parser.add_argument("--thread-name", help="vCPU thread name, {i} the index: 'CPU {i}/KVM'")

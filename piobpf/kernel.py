@@ -4,8 +4,11 @@ Thin on purpose: everything it returns is a plain Snapshot, and everything
 that can go wrong on the way in is a TraceError with one line to show.
 """
 
+import ctypes
+import errno
 import os
 import platform
+import struct
 from pathlib import Path
 
 from .snapshot import READ, WRITE, Counts, Snapshot
@@ -14,6 +17,7 @@ TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 RAW_ARGS = ["rw", "port", "size", "count"]     # TP_PROTO order the raw probe reads
 DEFAULT_MAX_ENTRIES = 2 * 65536
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+ENOTSUPP = 524      # the kernel's own "not supported", absent from Python's errno
 ATTACH_MODES = ("auto", "raw", "classic")
 BY_MODES = ("port", "vm", "vcpu")   # PIOBPF_BY 0, 1, 2 in the BPF C
 MAX_PIDS = 1024                     # PIOBPF_MAX_PIDS in the BPF C
@@ -141,24 +145,55 @@ class PioCounter:
             for pid in pids:
                 table[table.Key(pid)] = table.Leaf(1)
 
-    def _items(self):
-        # One syscall per batch instead of two per key; older kernels lack it.
-        if self._batch:
-            try:
-                return list(self._counts.items_lookup_batch())
-            except Exception:
-                self._batch = False
-        return list(self._counts.items())
+    def _lookup_batch(self):
+        """All entries as (key bytes, value bytes) in a few syscalls, or None
+        where the kernel lacks batch lookups (before 5.6)."""
+        from bcc import lib
+        table = self._counts
+        n, ksize, vsize = table.max_entries, ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
+        keys = ctypes.create_string_buffer(n * ksize)
+        values = ctypes.create_string_buffer(n * vsize)
+        token, count, total = ctypes.c_uint32(0), ctypes.c_uint32(0), 0
+        while total < n:
+            count.value = n - total
+            res = lib.bpf_lookup_batch(table.map_fd, ctypes.byref(token) if total else None,
+                                       ctypes.byref(token), ctypes.byref(keys, ksize * total),
+                                       ctypes.byref(values, vsize * total), ctypes.byref(count))
+            err = ctypes.get_errno()
+            total += count.value
+            if res != 0:
+                if err == errno.ENOENT:     # the end of the map
+                    break
+                if total == 0 and err in (errno.EINVAL, ENOTSUPP, errno.EOPNOTSUPP):
+                    return None
+                raise TraceError(f"reading the BPF map failed: {os.strerror(err)}")
+            if count.value == 0:
+                break
+        return keys.raw[:total * ksize], values.raw[:total * vsize]
+
+    def _entries(self):
+        """(dirport, tgid, tid, events, bytes, comm) for every map entry."""
+        batch = self._lookup_batch() if self._batch else None
+        if batch is None:
+            self._batch = False
+            for k, v in self._counts.items():
+                yield k.dirport, k.tgid, k.tid, v.events, v.bytes, getattr(v, "comm", b"")
+            return
+        # struct pio_key is three u32; struct pio_counts two u64 (+ comm[16] by vcpu).
+        leaf = "=QQ16s" if self.by == 2 else "=QQ"
+        for (dirport, tgid, tid), value in zip(struct.iter_unpack("=III", batch[0]),
+                                               struct.iter_unpack(leaf, batch[1])):
+            yield (dirport, tgid, tid) + value + (() if self.by == 2 else (b"",))
 
     def read(self):
         """The cumulative counts now."""
         counts = {}
-        for k, v in self._items():
-            key = (WRITE if k.dirport >> 16 else READ, k.dirport & 0xFFFF,
-                   k.tgid, k.tid)[:2 + self.by]
-            counts[key] = Counts(v.events, v.bytes)
-            if self.by == 2:
-                self.comms.setdefault(k.tid, v.comm.decode(errors="replace"))
+        width = 2 + self.by
+        for dirport, tgid, tid, events, nbytes, comm in self._entries():
+            key = (WRITE if dirport >> 16 else READ, dirport & 0xFFFF, tgid, tid)[:width]
+            counts[key] = Counts(events, nbytes)
+            if comm and tid not in self.comms:
+                self.comms[tid] = comm.split(b"\0", 1)[0].decode(errors="replace")
         return Snapshot(counts, self._dropped[0].value)
 
     def detach(self):
