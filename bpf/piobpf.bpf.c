@@ -10,8 +10,9 @@
 // this interval or the next, never lost and never twice.
 
 #ifndef PIOBPF_MAX_ENTRIES
-#define PIOBPF_MAX_ENTRIES 131072   // 2 directions x 65536 ports: never full by port
+#define PIOBPF_MAX_ENTRIES 131072   // keys of the hash (by VM or vCPU)
 #endif
+#define PIOBPF_PORT_KEYS 131072     // 2 directions x 65536 ports
 #ifndef PIOBPF_BY
 #define PIOBPF_BY 0                 // 0: port, 1: + process (VM), 2: + thread (vCPU)
 #endif
@@ -31,8 +32,15 @@ struct pio_counts {
 #endif
 };
 
+#if PIOBPF_BY == 0
+// By port the key space is small and fixed: an array indexed by the key,
+// which the verifier turns into pointer arithmetic (no hashing, half the
+// cost of a hash lookup here) and which can never be full.
+BPF_ARRAY(counts, struct pio_counts, PIOBPF_PORT_KEYS);
+#else
 // A preallocated hash: inserts below max_entries cannot fail for memory.
 BPF_HASH(counts, struct pio_key, struct pio_counts, PIOBPF_MAX_ENTRIES);
+#endif
 // Events whose key could not be inserted (map full): reported, not hidden.
 BPF_ARRAY(dropped, u64, 1);
 #ifdef PIOBPF_FILTER_PIDS
@@ -41,7 +49,7 @@ BPF_HASH(pids, u32, u8, PIOBPF_MAX_PIDS);
 
 static __always_inline void count_pio(u32 rw, u32 port, u32 size, u32 count)
 {
-    struct pio_key key = {.dirport = (rw ? 0x10000 : 0) | (port & 0xffff)};
+    u32 dirport = (rw ? 0x10000 : 0) | (port & 0xffff);
 #if PIOBPF_BY || defined(PIOBPF_FILTER_PIDS)
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
@@ -50,9 +58,12 @@ static __always_inline void count_pio(u32 rw, u32 port, u32 size, u32 count)
     if (!pids.lookup(&tgid))
         return;
 #endif
-#if PIOBPF_BY
-    key.tgid = tgid;
-#endif
+#if PIOBPF_BY == 0
+    struct pio_counts *c = counts.lookup(&dirport);
+    if (!c)         // never: dirport < PIOBPF_PORT_KEYS; the verifier wants the check
+        return;
+#else
+    struct pio_key key = {.dirport = dirport, .tgid = tgid};
 #if PIOBPF_BY == 2
     key.tid = (u32)id;
 #endif
@@ -74,6 +85,7 @@ static __always_inline void count_pio(u32 rw, u32 port, u32 size, u32 count)
             return;
         }
     }
+#endif
     __sync_fetch_and_add(&c->events, 1);
     __sync_fetch_and_add(&c->bytes, (u64)size * count);
 }

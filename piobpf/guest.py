@@ -28,6 +28,7 @@ import os
 import struct
 import sys
 import threading
+import time
 from dataclasses import dataclass
 
 # ioctl numbers from <linux/kvm.h> (x86-64).
@@ -234,6 +235,7 @@ def main(argv=None):
         print("ready", flush=True)
         sys.stdin.readline()
     exits = [0] * len(guest.vcpus)
+    started = time.monotonic()
 
     def vcpu_thread(i):
         if args.thread_name:
@@ -246,7 +248,8 @@ def main(argv=None):
         t.start()
     for t in threads:
         t.join()
-    print(f"done exits={sum(exits)}", flush=True)
+    # seconds: how long the vCPUs ran, for throughput figures (scripts/bench.py).
+    print(f"done exits={sum(exits)} seconds={time.monotonic() - started:.6f}", flush=True)
     if args.hold:
         sys.stdin.read()
     return 0

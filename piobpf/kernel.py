@@ -172,24 +172,33 @@ class PioCounter:
         return keys.raw[:total * ksize], values.raw[:total * vsize]
 
     def _entries(self):
-        """(dirport, tgid, tid, events, bytes, comm) for every map entry."""
+        """(dirport, tgid, tid, events, bytes, comm) for every map entry.
+
+        By port the map is an array indexed by dirport; by VM or vCPU a hash
+        keyed by struct pio_key (three u32). Values are two u64, plus
+        comm[16] by vCPU."""
         batch = self._lookup_batch() if self._batch else None
         if batch is None:
             self._batch = False
             for k, v in self._counts.items():
-                yield k.dirport, k.tgid, k.tid, v.events, v.bytes, getattr(v, "comm", b"")
+                ids = (k.value, 0, 0) if self.by == 0 else (k.dirport, k.tgid, k.tid)
+                yield ids + (v.events, v.bytes, getattr(v, "comm", b""))
             return
-        # struct pio_key is three u32; struct pio_counts two u64 (+ comm[16] by vcpu).
-        leaf = "=QQ16s" if self.by == 2 else "=QQ"
-        for (dirport, tgid, tid), value in zip(struct.iter_unpack("=III", batch[0]),
-                                               struct.iter_unpack(leaf, batch[1])):
-            yield (dirport, tgid, tid) + value + (() if self.by == 2 else (b"",))
+        if self.by == 0:
+            keys = ((dirport, 0, 0) for (dirport,) in struct.iter_unpack("=I", batch[0]))
+        else:
+            keys = struct.iter_unpack("=III", batch[0])
+        comm = self.by == 2
+        for ids, value in zip(keys, struct.iter_unpack("=QQ16s" if comm else "=QQ", batch[1])):
+            yield ids + (value if comm else value + (b"",))
 
     def read(self):
         """The cumulative counts now."""
         counts = {}
         width = 2 + self.by
         for dirport, tgid, tid, events, nbytes, comm in self._entries():
+            if not events:
+                continue    # an array slot no event has touched
             key = (WRITE if dirport >> 16 else READ, dirport & 0xFFFF, tgid, tid)[:width]
             counts[key] = Counts(events, nbytes)
             if comm and tid not in self.comms:

@@ -82,12 +82,13 @@ def test_map_full_counts_drops_and_keeps_the_rest_right():
     expected = {("read", 0x3fd): 50, ("read", 0x3fb): 40, ("write", 0x3f8): 30,
                 ("read", 0x60): 20, ("write", 0x70): 10, ("read", 0x71): 5,
                 ("write", 0x80): 3, ("read", 0x61): 1}
-    t = Traced("--format", "json", "--map-size", "3")
+    t = Traced("--format", "json", "--by", "vm", "--map-size", "3")
     run_guest(*ops)
     rc, out, err = t.stop()
     assert rc == 0, err
     result = json.loads(out)
     kept = {(r["direction"], r["port"]): r["events"] for r in result["rows"]}
+    assert len({r["pid"] for r in result["rows"]}) == 1
     assert 0 < len(kept) <= 3
     for key, events in kept.items():
         assert events == expected[key]
