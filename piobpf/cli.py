@@ -1,12 +1,14 @@
 """piobpf command line: trace kvm:kvm_pio and print counts per (direction, port).
 
 USAGE: piobpf [-d SECONDS] [-i SECONDS] [-n TOP] [--format table|json|csv|seed] [-o FILE]
+       piobpf --prometheus [ADDR:]PORT [...]  serve the counters to Prometheus until stopped
        piobpf --from-perf FILE|- [...]     count a `perf script` capture instead
        piobpf --compare A B [...]          compare two results, exit 0 equal, 1 not, 2 error
 """
 
 import argparse
 import contextlib
+import ipaddress
 import os
 import select
 import signal
@@ -26,6 +28,7 @@ EXAMPLES = """examples:
     piobpf -d 10 --by vm      # which VM: per VMM process, its top ports
     piobpf -d 10 --by vcpu -p 4242   # the vCPUs of process 4242 only
     piobpf --ioports guest-ioports.txt   # name ports by the guest's map
+    piobpf --prometheus 0.0.0.0:9435 --by vm   # serve /metrics on all interfaces
     perf script | piobpf --from-perf -    # count a perf capture, no root needed
     piobpf --compare pio_stat piobpf.json  # do perf and piobpf agree? (exit 0)
 """
@@ -78,6 +81,31 @@ def pid_list(text):
     return sorted(set(pids))
 
 
+def listen_address(text):
+    """--prometheus [ADDR:]PORT: an IP address (127.0.0.1 when left out) and a port.
+
+    All interfaces only when asked for by name (0.0.0.0, [::]): ":9435" is refused,
+    not read as all interfaces the way some exporters do."""
+    host, colon, port = text.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"not a port (1-65535): {port!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise argparse.ArgumentTypeError("an IPv6 address goes in brackets: [ADDR]:PORT")
+    elif not colon:
+        host = "127.0.0.1"
+    elif not host:
+        raise argparse.ArgumentTypeError(f"give the address too (0.0.0.0:{port} for all "
+                                         f"interfaces), or only the port for 127.0.0.1")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an IP address: {host!r} (e.g. 9435, 127.0.0.1:9435, 0.0.0.0:9435, [::]:9435)")
+    return host, int(port)
+
+
 def parse_args(argv):
     from .kernel import ATTACH_MODES, BY_MODES, DEFAULT_MAX_ENTRIES
     p = Parser(prog="piobpf", epilog=EXAMPLES,
@@ -104,6 +132,9 @@ def parse_args(argv):
     p.add_argument("--map-size", type=number(int), default=DEFAULT_MAX_ENTRIES, metavar="N",
                    help=f"entries of the kernel's count map (default {DEFAULT_MAX_ENTRIES}); "
                         "events of keys that do not fit are counted as dropped")
+    p.add_argument("--prometheus", type=listen_address, metavar="[ADDR:]PORT",
+                   help="serve the cumulative counters at http://ADDR:PORT/metrics until "
+                        "stopped (ADDR default 127.0.0.1; 0.0.0.0 or [::] for all interfaces)")
     p.add_argument("--version", action="version", version=f"piobpf {__version__}")
     offline = p.add_mutually_exclusive_group()
     offline.add_argument("--from-perf", metavar="FILE",
@@ -113,6 +144,10 @@ def parse_args(argv):
                          help="compare two results (perf script text or piobpf JSON); "
                               "exit 0 if equal, 1 if not, 2 on error")
     args = p.parse_args(argv)
+    if args.prometheus and (args.duration or args.interval or args.top or args.output
+                            or args.format != "table" or args.from_perf or args.compare):
+        p.error("--prometheus serves counters until stopped: -d, -i, -n, --format, -o, "
+                "--from-perf and --compare do not go with it")
     if (args.from_perf or args.compare) and (
             args.duration or args.interval or args.attach != "auto" or args.pid
             or args.by != "port" or args.map_size != DEFAULT_MAX_ENTRIES):
@@ -120,6 +155,8 @@ def parse_args(argv):
                 "not for --from-perf or --compare")
     if args.map_size > 1 << 24:
         p.error(f"--map-size: at most {1 << 24}")
+    if args.by == "port" and args.map_size != DEFAULT_MAX_ENTRIES:
+        p.error("--map-size is for --by vm|vcpu: by port the map holds every key")
     if args.compare and args.format not in compare.RENDER:
         p.error(f"--compare prints {', '.join(compare.RENDER)}, not {args.format}")
     if args.compare and args.compare.count("-") > 1:
@@ -221,6 +258,13 @@ class Stopper:
                 os.read(self._r, 64)
 
 
+def traced(args):
+    """What is counted, for the start-up line: kvm:kvm_pio of PID 1 per VM and (direction, port)."""
+    of = f" of PID {', '.join(map(str, args.pid))}" if args.pid else ""
+    per = {"port": "", "vm": "VM and ", "vcpu": "vCPU and "}[args.by]
+    return f"kvm:kvm_pio{of} per {per}(direction, port)"
+
+
 def trace(counter, args, printer, stopper, labeler=None):
     """Count until -d, Ctrl-C or SIGTERM; the last read comes after detach.
 
@@ -228,10 +272,7 @@ def trace(counter, args, printer, stopper, labeler=None):
     are named while they run."""
     start = last_t = time.monotonic()
     what = f"for {args.duration:g} s" if args.duration else "until Ctrl-C"
-    per = {"port": "", "vm": "VM and ", "vcpu": "vCPU and "}[args.by]
-    of = f" of PID {', '.join(map(str, args.pid))}" if args.pid else ""
-    print(f"Tracing kvm:kvm_pio{of} per {per}(direction, port) {what}... Ctrl-C to end.",
-          file=sys.stderr, flush=True)
+    print(f"Tracing {traced(args)} {what}... Ctrl-C to end.", file=sys.stderr, flush=True)
     progress = args.duration and not args.interval and sys.stderr.isatty()
     deadline = start + args.duration if args.duration else float("inf")
     step = args.interval or (1.0 if progress or labeler else 3600.0)
@@ -320,6 +361,9 @@ def main(argv=None):
         if args.compare:
             failed = 2
             return run_compare(args)
+        if args.prometheus:
+            from . import exporter   # prometheus_client is needed only here
+            return exporter.run(args)
         return run_from_perf(args) if args.from_perf else run_trace(args)
     except CliError as e:
         warn(e)

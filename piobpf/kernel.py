@@ -15,7 +15,8 @@ from .snapshot import READ, WRITE, Counts, Snapshot
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 RAW_ARGS = ["rw", "port", "size", "count"]     # TP_PROTO order the raw probe reads
-DEFAULT_MAX_ENTRIES = 2 * 65536
+PORT_KEYS = 2 * 65536               # every (direction, port): the array by port
+DEFAULT_MAX_ENTRIES = PORT_KEYS     # the hash by VM or vCPU
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 ENOTSUPP = 524      # the kernel's own "not supported", absent from Python's errno
 ATTACH_MODES = ("auto", "raw", "classic")
@@ -126,6 +127,7 @@ class PioCounter:
         check_headers()
         self.attach = choose_attach(attach, fields, bcc.BPF.support_raw_tracepoint())
         self.by = BY_MODES.index(by)
+        self.capacity = max_entries if self.by else PORT_KEYS   # keys the map can hold
         cflags = [f"-DPIOBPF_MAX_ENTRIES={int(max_entries)}", f"-DPIOBPF_BY={self.by}"]
         if self.attach == "classic":
             cflags.append("-DPIOBPF_CLASSIC")

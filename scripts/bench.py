@@ -165,12 +165,12 @@ def map_memory(tracer):
     maps = tracer.bpf_fds("map")
     memlock = sum(int(m["memlock"]) for m in maps)
     ncpu = os.cpu_count()
-    # A preallocated (non per-CPU) hash holds max_entries + one spare element
-    # per possible CPU; nothing else in piobpf's maps grows with CPUs.
-    big = max(maps, key=lambda m: int(m["memlock"]))
-    elem = int(big["memlock"]) / (int(big["max_entries"]) + ncpu)
+    # Arrays do not grow with CPUs; a preallocated hash (map_type 1) holds
+    # max_entries plus one spare element per possible CPU. No map is per-CPU.
+    spare = sum((256 - ncpu) * int(m["memlock"]) / (int(m["max_entries"]) + ncpu)
+                for m in maps if m["map_type"] == "1")
     return {"bpf_maps_bytes": memlock, "cpus": ncpu,
-            "bpf_maps_bytes_at_256_cpus": round(memlock + (256 - ncpu) * elem)}
+            "bpf_maps_bytes_at_256_cpus": round(memlock + spare)}
 
 
 def main():

@@ -78,13 +78,13 @@ class HeldGuest:
 
 
 class Traced:
-    """A piobpf process, started and attached (its 'Tracing...' line seen)."""
+    """A piobpf process, started and attached (its 'Tracing...' or 'Serving...' line seen)."""
 
     def __init__(self, *args):
         self.proc = subprocess.Popen(piobpf_cmd(*args), env=ENV, text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         line = self.proc.stderr.readline()
-        assert line.startswith("Tracing"), line + self.proc.stderr.read()
+        assert line.startswith(("Tracing", "Serving")), line + self.proc.stderr.read()
 
     def stop(self, sig=signal.SIGINT):
         """End the run with `sig`; returns (rc, stdout, rest of stderr)."""

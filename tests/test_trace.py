@@ -2,6 +2,7 @@
 
 import json
 import signal
+import socket
 
 import pytest
 
@@ -73,10 +74,22 @@ def test_duration_ends_the_run():
     assert 0.5 <= json.loads(out.stdout)["duration_s"] < 5
 
 
-@pytest.mark.parametrize("attach", ["raw", "classic"])
-def test_perf_is_not_blinded(attach):
-    """perf recording kvm:kvm_pio beside piobpf sees every event piobpf sees."""
-    t = Traced("--format", "json", "--attach", attach)
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("mode", [["--attach", "raw"], ["--attach", "classic"],
+                                  ["--by", "vm"], ["--by", "vcpu", "--attach", "classic"],
+                                  ["-i", "0.1", "--attach", "classic"], ["--prometheus"]])
+def test_perf_is_not_blinded(mode):
+    """perf recording kvm:kvm_pio beside piobpf, in any mode, sees every event."""
+    if mode == ["--prometheus"]:
+        mode = ["--prometheus", str(free_port()), "--attach", "classic"]
+    else:
+        mode = ["--format", "json", *mode]
+    t = Traced(*mode)
     perf = PerfRecord()
     run_guest("r:0x3fd:1:3000", "w:0x3f8:1:101")
     text = perf.script()
@@ -84,5 +97,9 @@ def test_perf_is_not_blinded(attach):
     assert rc == 0, err
     assert text.count("pio_read at 0x3fd ") == 3000
     assert text.count("pio_write at 0x3f8 ") == 101
-    got = by_key(json.loads(out)["rows"])
-    assert got[("read", 0x3fd)][0] == 3000 and got[("write", 0x3f8)][0] == 101
+    if "--prometheus" not in mode:
+        got = {}
+        for line in out.splitlines():     # one object, or one per interval
+            for key, (e, _) in by_key(json.loads(line)["rows"]).items():
+                got[key] = got.get(key, 0) + e
+        assert got == {("read", 0x3fd): 3000, ("write", 0x3f8): 101}

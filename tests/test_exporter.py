@@ -1,0 +1,127 @@
+"""--prometheus, the pure part: metric families from fixed snapshots; options."""
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from piobpf import exporter, names
+from piobpf.cli import CliError, parse_args
+from piobpf.snapshot import Counts, Snapshot
+
+NAMES = {0x3fd: "serial", 0x3f8: "serial"}.get
+
+
+def samples(fams):
+    """{(sample name, labels as sorted tuple): value}"""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams for s in f.samples}
+
+
+def test_port_mode_families():
+    snap = Snapshot({("read", 0x3fd): Counts(1234, 1234), ("write", 0x3f8): Counts(56, 112),
+                     ("write", 0xd010): Counts(3, 12)}, dropped=7)
+    fams = exporter.families(snap, NAMES, 4096)
+    assert [(f.name, f.type) for f in fams] == [
+        ("piobpf_pio_events", "counter"), ("piobpf_pio_bytes", "counter"),
+        ("piobpf_dropped_events", "counter"), ("piobpf_map_entries", "gauge"),
+        ("piobpf_map_max_entries", "gauge")]
+
+    def key(d, port, device):
+        return (("device", device), ("direction", d), ("port", port))
+    assert samples(fams) == {
+        ("piobpf_pio_events_total", key("read", "0x3fd", "serial")): 1234,
+        ("piobpf_pio_events_total", key("write", "0x3f8", "serial")): 56,
+        ("piobpf_pio_events_total", key("write", "0xd010", "")): 3,
+        ("piobpf_pio_bytes_total", key("read", "0x3fd", "serial")): 1234,
+        ("piobpf_pio_bytes_total", key("write", "0x3f8", "serial")): 112,
+        ("piobpf_pio_bytes_total", key("write", "0xd010", "")): 12,
+        ("piobpf_dropped_events_total", ()): 7,
+        ("piobpf_map_entries", ()): 3,
+        ("piobpf_map_max_entries", ()): 4096,
+    }
+
+
+def labeler(tmp_path, by, vms, comms=None):
+    """names.Labeler over a fake /proc holding processes named `vms` {pid: name}."""
+    for pid, name in vms.items():
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "comm").write_text(name + "\n")
+    return names.Labeler(by, comms or {}, proc=str(tmp_path))
+
+
+def test_vm_mode_labels_vm_and_pid(tmp_path):
+    snap = Snapshot({("read", 0x3fd, 10): Counts(5, 5), ("read", 0x3fd, 20): Counts(2, 2)})
+    fams = exporter.families(snap, NAMES, 100, "vm", labeler(tmp_path, "vm", {10: "web1"}))
+    events = {dict(s.labels)["pid"]: (dict(s.labels), s.value) for s in fams[0].samples}
+    assert events == {
+        "10": ({"direction": "read", "port": "0x3fd", "device": "serial", "vm": "web1",
+                "pid": "10"}, 5),
+        # A process gone before it could be named: an empty vm, not a missing label.
+        "20": ({"direction": "read", "port": "0x3fd", "device": "serial", "vm": "",
+                "pid": "20"}, 2)}
+
+
+def test_vcpu_mode_labels_and_threads_of_one_name_summed(tmp_path):
+    snap = Snapshot({("read", 0x60, 10, 11): Counts(1, 2), ("read", 0x60, 10, 12): Counts(3, 6),
+                     ("read", 0x60, 10, 13): Counts(4, 8), ("read", 0x60, 10, 14): Counts(5, 10)})
+    comms = {11: "CPU 0/KVM", 12: "CPU 0/KVM", 13: "CPU 1/KVM", 14: "worker"}
+    fams = exporter.families(snap, NAMES, 100, "vcpu",
+                             labeler(tmp_path, "vcpu", {10: "db2"}, comms))
+    got = {(dict(s.labels)["vcpu"], s.name): s.value for f in fams[:2] for s in f.samples}
+    assert got == {("0", "piobpf_pio_events_total"): 4, ("0", "piobpf_pio_bytes_total"): 8,
+                   ("1", "piobpf_pio_events_total"): 4, ("1", "piobpf_pio_bytes_total"): 8,
+                   ("tid 14", "piobpf_pio_events_total"): 5,
+                   ("tid 14", "piobpf_pio_bytes_total"): 10}
+    assert set(fams[0].samples[0].labels) == {"direction", "port", "device", "vm", "pid", "vcpu"}
+    assert fams[3].samples[0].value == 4    # map entries are keys, not series
+
+
+class FakeCounter:
+    def __init__(self, *snapshots):
+        self.snapshots = list(snapshots)
+
+    def read(self):
+        return self.snapshots.pop(0)
+
+
+def test_collector_reads_at_each_scrape_and_nothing_once_closed(tmp_path):
+    counter = FakeCounter(Snapshot({("read", 0x3fd, 10): Counts(1, 1)}),
+                          Snapshot({("read", 0x3fd, 10): Counts(9, 9)}))
+    collector = exporter.PioCollector(counter, NAMES, 100, "vm",
+                                      labeler(tmp_path, "vm", {10: "web1"}))
+    registry = CollectorRegistry()
+    registry.register(collector)
+    line = ('piobpf_pio_events_total{device="serial",direction="read",pid="10",port="0x3fd",'
+            'vm="web1"} %s\n')
+    assert line % "1.0" in generate_latest(registry).decode()
+    (tmp_path / "10" / "comm").unlink()     # the VM exits: its series keeps its labels
+    assert line % "9.0" in generate_latest(registry).decode()
+    collector.close()
+    assert generate_latest(registry) == b""
+
+
+@pytest.mark.parametrize("text,address", [
+    ("9435", ("127.0.0.1", 9435)), ("0.0.0.0:9435", ("0.0.0.0", 9435)),
+    ("[::]:9435", ("::", 9435)), ("[::1]:1", ("::1", 1)), ("10.1.2.3:65535", ("10.1.2.3", 65535)),
+])
+def test_listen_address(text, address):
+    assert parse_args(["--prometheus", text]).prometheus == address
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--prometheus", "0"], "not a port"), (["--prometheus", "65536"], "not a port"),
+    (["--prometheus", "x:9435"], "not an IP address"),
+    (["--prometheus", "localhost:9435"], "not an IP address"),
+    (["--prometheus", ":9435"], "give the address too"),   # all interfaces only when named
+    (["--prometheus", "::1:9435"], "brackets"),
+    (["--prometheus", "[::1]"], "not a port"),
+    (["--prometheus", "9435", "-d", "1"], "--prometheus serves"),
+    (["--prometheus", "9435", "-i", "1"], "--prometheus serves"),
+    (["--prometheus", "9435", "--format", "json"], "--prometheus serves"),
+    (["--prometheus", "9435", "-o", "x"], "--prometheus serves"),
+    (["--prometheus", "9435", "--compare", "a", "b"], "--prometheus serves"),
+    (["--prometheus", "9435", "--from-perf", "-"], "--prometheus serves"),
+])
+def test_bad_prometheus_arguments(args, words):
+    with pytest.raises(CliError) as e:
+        parse_args(args)
+    assert e.value.status == 2 and words in str(e.value)
+    assert "\n" not in str(e.value)

@@ -1,0 +1,240 @@
+"""--prometheus scraped by a real Prometheus server: exact counts of real guests.
+
+Each exporter counts only its test's guests (-p), so port I/O of anything
+else on the host cannot change the numbers, nor make the scrapes big.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from helpers import ENV, HeldGuest, needs_tracing, piobpf_cmd
+from piobpf import ioports
+
+PROMETHEUS = "/usr/bin/prometheus"
+TIMEOUT = 60
+CONFIG = """\
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+scrape_configs:
+  - job_name: piobpf
+    static_configs:
+      - targets: ["{target}"]
+"""
+
+
+def free_port(host="127.0.0.1"):
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def get(url):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.read().decode()
+
+
+def wait_for(what, probe):
+    """probe() until it returns something true; errors count as not yet."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            value = probe()
+            if value:
+                return value
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"no {what} within {TIMEOUT} s")
+
+
+@pytest.fixture
+def running():
+    """Processes to kill at the end if a failed test left them running."""
+    procs = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+class Exporter:
+    """piobpf --prometheus HOST:FREEPORT ARGS, serving once it says so."""
+
+    def __init__(self, running, *args, host="127.0.0.1"):
+        self.port = free_port(host)
+        self.target = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        self.url = f"http://{self.target}/metrics"
+        self.proc = subprocess.Popen(piobpf_cmd("--prometheus", self.target, *args), env=ENV,
+                                     text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        running.append(self.proc)
+        line = self.proc.stderr.readline()
+        assert line.startswith("Serving kvm:kvm_pio") and self.url in line, \
+            line + self.proc.stderr.read()
+        try:
+            self.metrics = get(self.url)
+        except OSError as e:
+            raise AssertionError(f"{e}: {self.stop()}") from None
+
+    def stop(self, sig=signal.SIGTERM):
+        """End it with `sig`; returns (rc, stdout, rest of stderr)."""
+        self.proc.send_signal(sig)
+        out, err = self.proc.communicate(timeout=TIMEOUT)
+        return self.proc.returncode, out, err
+
+
+@pytest.fixture
+def prometheus():
+    """start(target): a Prometheus server scraping target every second, ready.
+
+    Its config, data and log are in a directory removed afterwards."""
+    workdir = tempfile.TemporaryDirectory()
+    procs = []
+
+    def start(target):
+        config = f"{workdir.name}/prometheus.yml"
+        with open(config, "w") as f:
+            f.write(CONFIG.format(target=target))
+        port = free_port()
+        with open(f"{workdir.name}/prometheus.log", "w") as log:
+            procs.append(subprocess.Popen(
+                [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={workdir.name}/data",
+                 f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log))
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_for("ready Prometheus", lambda: get(f"{url}/-/ready"))
+        except AssertionError as e:
+            with open(f"{workdir.name}/prometheus.log") as log:
+                raise AssertionError(f"{e}; its log:\n{log.read()}") from None
+        return url
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+    workdir.cleanup()
+
+
+def scraped_after(prometheus_url, t):
+    """[(labels, value)] of piobpf's series in the latest scrape, once one that
+    started after time.time() `t` is stored (job and instance labels left out)."""
+    query = urllib.parse.urlencode({"query": '{__name__=~"piobpf_.+"}[1m]'})
+
+    def probe():
+        result = json.loads(get(f"{prometheus_url}/api/v1/query?{query}"))["data"]["result"]
+        last = max((ts for r in result for ts, _ in r["values"]), default=0)
+        # Prometheus may move a scrape's timestamp by a few ms to align it.
+        if last < t + 0.1:
+            return None
+        return [({k: v for k, v in r["metric"].items() if k not in ("job", "instance")},
+                 float(value)) for r in result for ts, value in r["values"] if ts == last]
+    return wait_for("scrape after the guest finished", probe)
+
+
+def device(port):
+    return ioports.load().lookup(port) or ""
+
+
+@needs_tracing
+def test_prometheus_stores_exact_counts(running, prometheus):
+    guest = HeldGuest("r:0x3fd:1:1234", "w:0x3f8:2:56")
+    running.append(guest.proc)
+    exporter = Exporter(running, "-p", str(guest.pid))
+    url = prometheus(exporter.target)
+    guest.start()
+    guest.wait_done()
+    got = scraped_after(url, time.time())
+    guest.end()
+    rc, out, err = exporter.stop()
+    assert (rc, out, err) == (0, "", "")
+    series = {(m["__name__"], m.get("direction"), m.get("port"), m.get("device")): v
+              for m, v in got}
+    assert series == {
+        ("piobpf_pio_events_total", "read", "0x3fd", device(0x3fd)): 1234,
+        ("piobpf_pio_bytes_total", "read", "0x3fd", device(0x3fd)): 1234,
+        ("piobpf_pio_events_total", "write", "0x3f8", device(0x3f8)): 56,
+        ("piobpf_pio_bytes_total", "write", "0x3f8", device(0x3f8)): 112,
+        ("piobpf_dropped_events_total", None, None, None): 0,
+        ("piobpf_map_entries", None, None, None): 2,
+        ("piobpf_map_max_entries", None, None, None): 131072,
+    }
+
+
+@needs_tracing
+@pytest.mark.parametrize("by", ["vm", "vcpu"])
+def test_prometheus_stores_counts_per_vm(running, prometheus, by):
+    a = HeldGuest("r:0x3fd:1:300", "w:0x80:4:7", name="vm-a", thread_name="CPU 0/KVM")
+    b = HeldGuest("r:0x3fd:1:500", name="vm-b", thread_name="CPU 0/KVM")
+    running += [a.proc, b.proc]
+    exporter = Exporter(running, "--by", by, "-p", f"{a.pid},{b.pid}")
+    url = prometheus(exporter.target)
+    for g in (a, b):
+        g.start()
+    for g in (a, b):
+        g.wait_done()
+    got = scraped_after(url, time.time())
+    for g in (a, b):
+        g.end()
+    assert exporter.stop()[0] == 0
+    series = {(m["__name__"], m["vm"], m["pid"], m.get("vcpu"), m["direction"], m["port"]): v
+              for m, v in got if "port" in m}
+    vcpu = "0" if by == "vcpu" else None
+    assert series == {
+        ("piobpf_pio_events_total", "vm-a", str(a.pid), vcpu, "read", "0x3fd"): 300,
+        ("piobpf_pio_bytes_total", "vm-a", str(a.pid), vcpu, "read", "0x3fd"): 300,
+        ("piobpf_pio_events_total", "vm-a", str(a.pid), vcpu, "write", "0x80"): 7,
+        ("piobpf_pio_bytes_total", "vm-a", str(a.pid), vcpu, "write", "0x80"): 28,
+        ("piobpf_pio_events_total", "vm-b", str(b.pid), vcpu, "read", "0x3fd"): 500,
+        ("piobpf_pio_bytes_total", "vm-b", str(b.pid), vcpu, "read", "0x3fd"): 500,
+    }
+
+
+@needs_tracing
+@pytest.mark.parametrize("sig,host", [(signal.SIGINT, "127.0.0.1"), (signal.SIGTERM, "::1")])
+def test_signal_ends_it_cleanly(running, sig, host):
+    # -p of this very process: a filter nothing matches, so the map stays empty.
+    exporter = Exporter(running, "-p", str(os.getpid()), host=host)
+    assert "piobpf_map_entries 0.0\n" in exporter.metrics
+    assert "piobpf_map_max_entries 131072.0\n" in exporter.metrics
+    assert exporter.stop(sig) == (0, "", "")
+    with pytest.raises(OSError):      # the server is closed
+        get(exporter.url)
+
+
+def run_one_line(*args):
+    out = subprocess.run(piobpf_cmd(*args), env=ENV, capture_output=True, text=True,
+                         timeout=120)
+    assert len(out.stderr.splitlines()) == 1 and out.stderr.startswith("piobpf: "), out.stderr
+    assert out.stdout == ""
+    return out.returncode, out.stderr
+
+
+@needs_tracing
+def test_port_taken_is_one_line():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        rc, err = run_one_line("--prometheus", f"127.0.0.1:{port}", "-p", str(os.getpid()))
+    assert rc == 1 and "Address already in use" in err
+
+
+@needs_tracing
+def test_address_not_of_this_host_is_one_line():
+    rc, err = run_one_line("--prometheus", "192.0.2.1:9435", "-p", str(os.getpid()))
+    assert rc == 1 and "not an address of this host" in err
+
+
+def test_bad_address_is_one_line():
+    rc, err = run_one_line("--prometheus", "300.1.2.3:9435")
+    assert rc == 2 and "not an IP address" in err
