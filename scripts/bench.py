@@ -124,6 +124,27 @@ def bpf_ns_per_event(tracer):
     return sum(int(p.get("run_time_ns", 0)) for p in progs) / runs if runs else None
 
 
+def bpf_costs(names, ops, tmp):
+    """ns per event of each BPF tracer, from the kernel's own accounting.
+
+    Measured in runs of their own: kernel.bpf_stats_enabled times every
+    program run, which costs too, so it is off while throughput is measured."""
+    stats = Path("/proc/sys/kernel/bpf_stats_enabled")
+    was = stats.read_text().strip()
+    costs = {}
+    try:
+        for name in names:
+            tracer = start(name, tmp)
+            stats.write_text("1")
+            guest_throughput(ops)
+            costs[name] = bpf_ns_per_event(tracer)
+            stats.write_text(was)
+            tracer.stop()
+    finally:
+        stats.write_text(was)
+    return costs
+
+
 def perf_pipeline(tracer, events_hint):
     """Bytes perf wrote per event, and the seed's post-processing time."""
     size = os.path.getsize(tracer.data)
@@ -186,9 +207,7 @@ def main():
     tracers += ["bpftrace"] if shutil.which("bpftrace") else []
     tracers += ["perf record"]
     ratios = {t: [] for t in tracers}
-    extra = {"startup_s": [], "bpf_ns_per_event": {}}
-    stats_was = Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip()
-    Path("/proc/sys/kernel/bpf_stats_enabled").write_text("1")
+    extra = {"startup_s": []}
     tmp = tempfile.mkdtemp(prefix="piobpf-bench-")
     try:
         base = guest_throughput(args.ops)
@@ -201,8 +220,6 @@ def main():
                     extra["startup_s"].append(tracer.startup_s)
                     extra["peak_rss_mb"] = tracer.peak_rss_mb()
                     extra.update(map_memory(tracer))
-                if name != "perf record":
-                    extra["bpf_ns_per_event"].setdefault(name, []).append(bpf_ns_per_event(tracer))
                 tracer.stop()
                 if name == "perf record" and rnd == 0:
                     extra.update(perf_pipeline(tracer, args.ops))
@@ -211,9 +228,10 @@ def main():
                 untraced.append(after)
                 print(f"round {rnd + 1}/{args.rounds} {name}: {ratios[name][-1]:.4f}",
                       file=sys.stderr, flush=True)
+        extra["bpf_ns_per_event"] = bpf_costs([t for t in tracers if t != "perf record"],
+                                              args.ops, tmp)
         extra.update(full_map_read())
     finally:
-        Path("/proc/sys/kernel/bpf_stats_enabled").write_text(stats_was)
         shutil.rmtree(tmp, ignore_errors=True)
 
     result = {
@@ -223,8 +241,7 @@ def main():
         "untraced_events_per_s": statistics.median(untraced),
         "throughput_ratio": {t: statistics.median(r) for t, r in ratios.items()},
         "throughput_ratios": ratios,
-        "bpf_ns_per_event": {t: statistics.median(v) for t, v in
-                             extra.pop("bpf_ns_per_event").items() if None not in v},
+        "bpf_ns_per_event": extra.pop("bpf_ns_per_event"),
         "startup_s": statistics.median(extra.pop("startup_s")),
         **extra,
     }
