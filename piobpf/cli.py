@@ -130,8 +130,9 @@ def parse_args(argv):
     p.add_argument("-p", "--pid", type=pid_list, metavar="PID[,PID...]",
                    help="trace only these VMM processes (filtered in the kernel)")
     p.add_argument("--map-size", type=number(int), default=DEFAULT_MAX_ENTRIES, metavar="N",
-                   help=f"entries of the kernel's count map (default {DEFAULT_MAX_ENTRIES}); "
-                        "events of keys that do not fit are counted as dropped")
+                   help=f"with --by vm|vcpu: keys of the kernel's count map (default "
+                        f"{DEFAULT_MAX_ENTRIES}); events of keys that do not fit are "
+                        "counted as dropped")
     p.add_argument("--prometheus", type=listen_address, metavar="[ADDR:]PORT",
                    help="serve the cumulative counters at http://ADDR:PORT/metrics until "
                         "stopped (ADDR default 127.0.0.1; 0.0.0.0 or [::] for all interfaces)")
