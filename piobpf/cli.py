@@ -8,6 +8,7 @@ USAGE: piobpf [-d SECONDS] [-i SECONDS] [-n TOP] [--format table|json|csv|seed] 
 
 import argparse
 import contextlib
+import io
 import ipaddress
 import os
 import select
@@ -172,7 +173,9 @@ def warn(message):
 def open_input(path):
     """A text stream for FILE or - (stdin); CliError when unreadable."""
     if path == "-":
-        return contextlib.nullcontext(sys.stdin)
+        # Thread names need not be UTF-8: never fail on a byte.
+        return contextlib.nullcontext(io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8",
+                                                       errors="replace"))
     try:
         return open(path, encoding="utf-8", errors="replace")
     except OSError as e:
@@ -254,8 +257,10 @@ class Stopper:
         self.stopped = True
 
     def wait(self, seconds):
+        """Sleep up to `seconds` (inf: until a signal)."""
         if not self.stopped and seconds > 0:
-            if select.select([self._r], [], [], seconds)[0]:
+            timeout = None if seconds == float("inf") else seconds
+            if select.select([self._r], [], [], timeout)[0]:
                 os.read(self._r, 64)
 
 
@@ -266,33 +271,42 @@ def traced(args):
     return f"kvm:kvm_pio{of} per {per}(direction, port)"
 
 
+def next_tick(tick, step, now):
+    """The first tick after `now` on the grid tick + k*step: no drift, no burst."""
+    return tick + step * (1 + int((now - tick) // step))
+
+
 def trace(counter, args, printer, stopper, labeler=None):
     """Count until -d, Ctrl-C or SIGTERM; the last read comes after detach.
 
-    With a labeler (--by vm|vcpu) the map is also read every second, so VMs
-    are named while they run."""
+    Besides each -i interval, the map is read every second for progress on a
+    terminal and, with a labeler (--by vm|vcpu), to name VMs while they run."""
     start = last_t = time.monotonic()
     what = f"for {args.duration:g} s" if args.duration else "until Ctrl-C"
     print(f"Tracing {traced(args)} {what}... Ctrl-C to end.", file=sys.stderr, flush=True)
     progress = args.duration and not args.interval and sys.stderr.isatty()
-    deadline = start + args.duration if args.duration else float("inf")
-    step = args.interval or (1.0 if progress or labeler else 3600.0)
-    tick = start + step
+    never = float("inf")
+    deadline = start + args.duration if args.duration else never
+    report_at = start + args.interval if args.interval else never
+    second_at = start + 1.0 if progress or labeler else never
     last = Snapshot()
     while not stopper.stopped:
-        stopper.wait(min(tick, deadline) - time.monotonic())
+        stopper.wait(min(report_at, second_at, deadline) - time.monotonic())
         now = time.monotonic()
         if stopper.stopped or now >= deadline:
             break
-        if now >= tick:
-            tick += step * (1 + int((now - tick) // step))  # no drift, no burst
-            snap = counter.read()
-            if labeler:
-                labeler.learn(snap)
-            if args.interval:
-                printer.emit(snap - last, now - last_t, interval=True)
-                last, last_t = snap, now
-            elif progress:
+        if now < min(report_at, second_at):
+            continue
+        snap = counter.read()
+        if labeler:
+            labeler.learn(snap)
+        if now >= report_at:
+            printer.emit(snap - last, now - last_t, interval=True)
+            last, last_t = snap, now
+            report_at = next_tick(report_at, args.interval, now)
+        if now >= second_at:
+            second_at = next_tick(second_at, 1.0, now)
+            if progress:
                 sys.stderr.write(f"\r{now - start:.0f}/{args.duration:g} s, "
                                  f"{snap.total_events} events ")
                 sys.stderr.flush()
@@ -309,17 +323,18 @@ def trace(counter, args, printer, stopper, labeler=None):
 def run_trace(args):
     from .kernel import PioCounter
     stopper = Stopper()
-    with open_output(args.output) as stream:
-        # Load first: a missing privilege or header is the one line to show.
-        counter = PioCounter(attach=args.attach, max_entries=args.map_size, by=args.by,
-                             pids=args.pid or ())
-        try:
+    # Load first: a missing privilege or header is the one line to show, and
+    # an -o FILE is not emptied by a run that cannot start.
+    counter = PioCounter(attach=args.attach, max_entries=args.map_size, by=args.by,
+                         pids=args.pid or ())
+    try:
+        with open_output(args.output) as stream:
             name_of = load_ioports(args.ioports).lookup
-            labeler = names.Labeler(args.by, counter.comms) if args.by != "port" else None
+            labeler = names.labeler(args.by, counter.comms)
             printer = Printer(stream, args.format, args.top, name_of, args.by, labeler)
             trace(counter, args, printer, stopper, labeler)
-        finally:
-            counter.close()
+    finally:
+        counter.close()
     return 0
 
 
@@ -348,9 +363,8 @@ def run_compare(args):
     # Names from /proc/ioports first; a JSON result's own names where it has none.
     name_of = lambda port: table.lookup(port) or a.names.get(port) or b.names.get(port)
     rows = compare.compare(a.snapshot, b.snapshot, name_of)
-    shown = rows[:args.top] if args.top else rows
     with open_output(args.output) as stream:
-        stream.write(compare.RENDER[args.format](shown, *args.compare))
+        stream.write(compare.RENDER[args.format](rows, *args.compare, top=args.top))
     return 1 if any(r.diff for r in rows) else 0
 
 
@@ -372,6 +386,9 @@ def main(argv=None):
     except TraceError as e:
         warn(e)
         return failed
+    except KeyboardInterrupt:   # Ctrl-C where no results are pending (reading input)
+        warn("interrupted")
+        return 130
     except BrokenPipeError:
         # Whoever read our output went away (`| head`): say so once, quietly exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -46,11 +46,12 @@ def _pct(row):
     return f"{row.diff_pct:+.2f}" if row.diff else "0"
 
 
-def table(rows, name_a, name_b):
+def table(rows, name_a, name_b, top=None):
+    """The rows (the first `top` of them), then a verdict over all of them."""
     if not rows:
         return "no kvm_pio events in either result\n"
     body = [[r.direction, f"{r.port:#06x}", r.device or "-", r.events_a, r.events_b,
-             f"{r.diff:+d}" if r.diff else "0", _pct(r)] for r in rows]
+             f"{r.diff:+d}" if r.diff else "0", _pct(r)] for r in rows[:top]]
     differ = sum(1 for r in rows if r.diff)
     out = tabulate(body, ["DIR", "PORT", "DEVICE", "A", "B", "B-A", "%"], tablefmt="simple",
                    disable_numparse=True,
@@ -60,20 +61,20 @@ def table(rows, name_a, name_b):
     return f"{out}\n\nA: {name_a}\nB: {name_b}\n{verdict}\n"
 
 
-def to_json(rows, name_a, name_b):
+def to_json(rows, name_a, name_b, top=None):
     return json.dumps({
         "a": name_a, "b": name_b, "equal": not any(r.diff for r in rows),
         "rows": [{"direction": r.direction, "port": r.port, "device": r.device,
                   "events_a": r.events_a, "events_b": r.events_b, "diff": r.diff,
-                  "diff_pct": r.diff_pct} for r in rows],
+                  "diff_pct": r.diff_pct} for r in rows[:top]],
     }, separators=(",", ":")) + "\n"
 
 
-def csv_text(rows, name_a, name_b):
+def csv_text(rows, name_a, name_b, top=None):
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["direction", "port", "device", "events_a", "events_b", "diff"])
-    for r in rows:
+    for r in rows[:top]:
         w.writerow([r.direction, f"{r.port:#x}", r.device or "", r.events_a, r.events_b, r.diff])
     return buf.getvalue()
 

@@ -146,7 +146,7 @@ def run(args):
         counter = PioCounter(attach=args.attach, max_entries=args.map_size, by=args.by,
                              pids=args.pid or ())
         undo.callback(counter.close)
-        labeler = names.Labeler(args.by, counter.comms) if args.by != "port" else None
+        labeler = names.labeler(args.by, counter.comms)
         collector = PioCollector(counter, load_ioports(args.ioports).lookup, counter.capacity,
                                  args.by, labeler)
         undo.callback(collector.close)
@@ -158,7 +158,7 @@ def run(args):
                   file=sys.stderr, flush=True)
             while not stopper.stopped:
                 # Scrapes may be minutes apart: read every second to name short-lived VMs.
-                stopper.wait(1.0 if labeler else 3600.0)
+                stopper.wait(1.0 if labeler else float("inf"))
                 if labeler:
                     collector.learn()
         finally:

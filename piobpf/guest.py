@@ -41,7 +41,6 @@ KVM_SET_TSS_ADDR = 0xAE47
 KVM_CREATE_IRQCHIP = 0xAE60
 KVM_CREATE_PIT2 = 0x4040AE77
 KVM_RUN = 0xAE80
-KVM_GET_REGS = 0x8090AE81
 KVM_SET_REGS = 0x4090AE82
 KVM_GET_SREGS = 0x8138AE83
 KVM_SET_SREGS = 0x4138AE84
@@ -60,6 +59,7 @@ BUF_ADDR = 0x8000     # rep ins/outs buffer, up to the end of the 64 KiB segment
 STR_MAX_BYTES = 1024  # a rep-ins exit's data must fit in the kvm_run page
 DONE_SEGMENT = 0x2000  # linear 0x20000, outside guest memory
 PR_SET_NAME = 15
+ANSWER = 0x60          # what every port read returns, as in the seed's capture
 
 
 @dataclass(frozen=True)
@@ -142,8 +142,8 @@ class Vcpu:
         struct.pack_into("<Q", regs, 6 * 8, 0xFFF0)        # rsp
         fcntl.ioctl(self.fd, KVM_SET_REGS, regs)
 
-    def loop(self, answer=0x60):
-        """Run to the done marker; answer every user-space port read with `answer`."""
+    def loop(self):
+        """Run to the done marker; answer every user-space port read with ANSWER."""
         run = self.run
         exits = 0
         while True:
@@ -152,7 +152,7 @@ class Vcpu:
             if reason == KVM_EXIT_IO:
                 direction, size, _port, count, offset = struct.unpack_from("<BBHIQ", run, 32)
                 if direction == KVM_EXIT_IO_IN:
-                    run[offset:offset + size * count] = bytes([answer]) * (size * count)
+                    run[offset:offset + size * count] = bytes([ANSWER]) * (size * count)
                 exits += 1
             elif reason in (KVM_EXIT_MMIO, KVM_EXIT_HLT):
                 return exits

@@ -9,6 +9,7 @@ import errno
 import os
 import platform
 import struct
+import tempfile
 from pathlib import Path
 
 from .snapshot import READ, WRITE, Counts, Snapshot
@@ -19,6 +20,7 @@ PORT_KEYS = 2 * 65536               # every (direction, port): the array by port
 DEFAULT_MAX_ENTRIES = PORT_KEYS     # the hash by VM or vCPU
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 ENOTSUPP = 524      # the kernel's own "not supported", absent from Python's errno
+BATCH = 4096        # map entries a batch lookup syscall reads
 ATTACH_MODES = ("auto", "raw", "classic")
 BY_MODES = ("port", "vm", "vcpu")   # PIOBPF_BY 0, 1, 2 in the BPF C
 MAX_PIDS = 1024                     # PIOBPF_MAX_PIDS in the BPF C
@@ -66,9 +68,11 @@ def kvm_pio_fields(tracefs):
     try:
         with open(path) as f:
             text = f.read()
-    except OSError:
+    except FileNotFoundError:
         raise TraceError("tracepoint kvm:kvm_pio not found: is the kvm module loaded? "
                          "(modprobe kvm_intel or kvm_amd)") from None
+    except OSError as e:
+        raise TraceError(f"cannot read {path}: {e.strerror}") from None
     names = []
     for line in text.splitlines():
         line = line.strip()
@@ -112,6 +116,26 @@ def import_bcc():
     return bcc
 
 
+def load(bcc, path, cflags):
+    """Compile and load; a failure is one line (clang's first error), not
+    the pages clang writes to stderr."""
+    with tempfile.TemporaryFile() as log:
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        try:
+            return bcc.BPF(src_file=str(path).encode(), cflags=cflags)
+        except Exception as e:   # BCC raises bare Exception for compile/load failures
+            failure = e
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        log.seek(0)
+        lines = log.read().decode(errors="replace").splitlines() + str(failure).splitlines()
+    reason = next((l for l in lines if "error:" in l), lines[0] if lines else
+                  type(failure).__name__)
+    raise TraceError(f"cannot load the BPF program: {reason.strip()}")
+
+
 class PioCounter:
     """kvm:kvm_pio counts aggregated in the kernel.
 
@@ -133,14 +157,17 @@ class PioCounter:
             cflags.append("-DPIOBPF_CLASSIC")
         if pids:
             cflags.append("-DPIOBPF_FILTER_PIDS")
-        try:
-            self._bpf = bcc.BPF(src_file=str(bpf_source_path()).encode(), cflags=cflags)
-        except Exception as e:   # BCC raises bare Exception for compile/load failures
-            raise TraceError(f"cannot load the BPF program: {str(e).splitlines()[0]}") from None
+        self._bpf = load(bcc, bpf_source_path(), cflags)
         self._counts = self._bpf["counts"]
         self._dropped = self._bpf["dropped"]
         self._batch = True
-        self.comms = {}     # tid -> thread name the kernel saw (by vcpu)
+        # Batch reads go through buffers of BATCH entries, allocated once.
+        self._chunk = min(self._counts.max_entries, BATCH)
+        self._ksize = ctypes.sizeof(self._counts.Key)
+        self._vsize = ctypes.sizeof(self._counts.Leaf)
+        self._kbuf = ctypes.create_string_buffer(self._chunk * self._ksize)
+        self._vbuf = ctypes.create_string_buffer(self._chunk * self._vsize)
+        self.comms = {}     # (pid, tid) -> thread name the kernel saw (by vcpu)
         # The program counts nothing for a filtered run until its pids are in.
         if pids:
             table = self._bpf["pids"]
@@ -148,30 +175,27 @@ class PioCounter:
                 table[table.Key(pid)] = table.Leaf(1)
 
     def _lookup_batch(self):
-        """All entries as (key bytes, value bytes) in a few syscalls, or None
-        where the kernel lacks batch lookups (before 5.6)."""
+        """All entries as (key bytes, value bytes), BATCH entries a syscall,
+        or None where the kernel lacks batch lookups (before 5.6)."""
         from bcc import lib
-        table = self._counts
-        n, ksize, vsize = table.max_entries, ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
-        keys = ctypes.create_string_buffer(n * ksize)
-        values = ctypes.create_string_buffer(n * vsize)
-        token, count, total = ctypes.c_uint32(0), ctypes.c_uint32(0), 0
-        while total < n:
-            count.value = n - total
-            res = lib.bpf_lookup_batch(table.map_fd, ctypes.byref(token) if total else None,
-                                       ctypes.byref(token), ctypes.byref(keys, ksize * total),
-                                       ctypes.byref(values, vsize * total), ctypes.byref(count))
+        keys, values = [], []
+        token, count, first = ctypes.c_uint32(0), ctypes.c_uint32(0), True
+        while True:
+            count.value = self._chunk
+            res = lib.bpf_lookup_batch(self._counts.map_fd, None if first else ctypes.byref(token),
+                                       ctypes.byref(token), self._kbuf, self._vbuf,
+                                       ctypes.byref(count))
             err = ctypes.get_errno()
-            total += count.value
+            keys.append(self._kbuf.raw[:count.value * self._ksize])
+            values.append(self._vbuf.raw[:count.value * self._vsize])
             if res != 0:
                 if err == errno.ENOENT:     # the end of the map
                     break
-                if total == 0 and err in (errno.EINVAL, ENOTSUPP, errno.EOPNOTSUPP):
+                if first and err in (errno.EINVAL, ENOTSUPP, errno.EOPNOTSUPP):
                     return None
                 raise TraceError(f"reading the BPF map failed: {os.strerror(err)}")
-            if count.value == 0:
-                break
-        return keys.raw[:total * ksize], values.raw[:total * vsize]
+            first = False
+        return b"".join(keys), b"".join(values)
 
     def _entries(self):
         """(dirport, tgid, tid, events, bytes, comm) for every map entry.
@@ -203,8 +227,8 @@ class PioCounter:
                 continue    # an array slot no event has touched
             key = (WRITE if dirport >> 16 else READ, dirport & 0xFFFF, tgid, tid)[:width]
             counts[key] = Counts(events, nbytes)
-            if comm and tid not in self.comms:
-                self.comms[tid] = comm.split(b"\0", 1)[0].decode(errors="replace")
+            if comm and (tgid, tid) not in self.comms:
+                self.comms[tgid, tid] = comm.split(b"\0", 1)[0].decode(errors="replace")
         return Snapshot(counts, self._dropped[0].value)
 
     def detach(self):

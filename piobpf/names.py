@@ -51,7 +51,7 @@ def process_name(pid, proc="/proc"):
 class Labeler:
     """Extra row fields (pid, vm; tid, thread, vcpu) for keys of --by vm|vcpu.
 
-    `comms` maps tid to the thread name the kernel saw (by vcpu)."""
+    `comms` maps (pid, tid) to the thread name the kernel saw (by vcpu)."""
 
     def __init__(self, by, comms, proc="/proc"):
         self.by, self.comms, self.proc = by, comms, proc
@@ -73,6 +73,11 @@ class Labeler:
         fields = {"pid": pid, "vm": self.vm(pid)}
         if self.by == "vcpu":
             tid = key[3]
-            thread = self.comms.get(tid)
+            thread = self.comms.get((pid, tid))
             fields.update(tid=tid, thread=thread, vcpu=vcpu_index(thread))
         return fields
+
+
+def labeler(by, comms):
+    """The Labeler of --by vm|vcpu; None by port, where rows carry no labels."""
+    return None if by == "port" else Labeler(by, comms)

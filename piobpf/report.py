@@ -5,7 +5,6 @@ from dataclasses import dataclass
 
 from .snapshot import READ
 
-LABELS = ("pid", "vm", "tid", "thread", "vcpu")   # extra row fields of --by vm|vcpu
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from .snapshot import Counts, Snapshot
 class Loaded:
     kind: str              # "json" or "perf"
     snapshot: Snapshot
-    duration_s: float
     names: dict            # port -> device, as the JSON recorded it
     malformed: int = 0
     first_malformed: str = ""
@@ -28,9 +27,8 @@ def from_json(text):
     """Sum piobpf JSON objects (several when written with -i); ValueError if not ours."""
     try:
         objects = _json_objects(text)
-        counts, names, duration, dropped = {}, {}, 0.0, 0
+        counts, names, dropped = {}, {}, 0
         for obj in objects:
-            duration += float(obj["duration_s"])
             dropped += int(obj["dropped_events"])
             for r in obj["rows"]:
                 if r["direction"] not in ("read", "write"):
@@ -41,7 +39,7 @@ def from_json(text):
                     names[key[1]] = r["device"]
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"not a piobpf JSON result ({e})") from None
-    return Loaded("json", Snapshot(counts, dropped), duration, names)
+    return Loaded("json", Snapshot(counts, dropped), names)
 
 
 def load(stream):
@@ -53,7 +51,7 @@ def load(stream):
         return from_json(head + stream.read())
     lines = _prepend(head, stream)
     p = perfscript.parse(lines)
-    return Loaded("perf", p.snapshot, p.duration_s, {}, p.malformed, p.first_malformed)
+    return Loaded("perf", p.snapshot, {}, p.malformed, p.first_malformed)
 
 
 def _prepend(head, stream):

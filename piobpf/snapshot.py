@@ -41,9 +41,3 @@ class Snapshot:
             if d.events or d.bytes:
                 diff[key] = d
         return Snapshot(diff, self.dropped - earlier.dropped)
-
-    def __add__(self, other):
-        merged = dict(self.counts)
-        for key, c in other.counts.items():
-            merged[key] = merged.get(key, Counts()) + c
-        return Snapshot(merged, self.dropped + other.dropped)

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,43 @@ needs_tracing = pytest.mark.skipif(_why_not_tracing() is not None,
 
 def piobpf_cmd(*args):
     return [PY, "-m", "piobpf", *args]
+
+
+def run(cmd, stdin=None, cwd=None):
+    """A command to its end, output captured."""
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, input=stdin,
+                          cwd=cwd, timeout=120)
+
+
+def run_piobpf(*args, stdin=None):
+    return run(piobpf_cmd(*args), stdin=stdin)
+
+
+def assert_one_line(out, rc, *words):
+    """A failed run: exit `rc`, nothing on stdout, one `piobpf: ` line holding `words`."""
+    assert out.returncode == rc, out.stderr
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("piobpf: "), out.stderr
+    for w in words:
+        assert w in lines[0]
+    assert out.stdout == ""
+
+
+def free_port(host="127.0.0.1"):
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def sum_rows(text):
+    """{(direction, port): (events, bytes)} summed over JSON objects, one a line."""
+    total = {}
+    for line in text.splitlines():
+        for r in json.loads(line)["rows"]:
+            key = (r["direction"], r["port"])
+            e, b = total.get(key, (0, 0))
+            total[key] = (e + r["events"], b + r["bytes"])
+    return total
 
 
 def run_guest(*ops, thread_name=None, irqchip=False):

@@ -1,24 +1,10 @@
 """Bad input and broken environments: one line on stderr, non-zero exit."""
 
-import os
 import subprocess
 
 import pytest
 
-from helpers import ENV, PY, Traced, needs_tracing, piobpf_cmd, run_guest
-
-
-def run(cmd, **kw):
-    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120, **kw)
-
-
-def assert_one_line(out, rc, *words):
-    assert out.returncode == rc, out.stderr
-    lines = out.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("piobpf: "), out.stderr
-    for w in words:
-        assert w in lines[0]
-    assert out.stdout == ""
+from helpers import PY, Traced, assert_one_line, needs_tracing, piobpf_cmd, run, run_guest
 
 
 @pytest.mark.parametrize("args,word", [
@@ -35,11 +21,10 @@ def test_unwritable_output(tmp_path):
                     "cannot write", "No such file")
 
 
+@needs_tracing   # privileges, tracefs and the tracepoint are checked before bcc
 def test_bcc_missing_says_how_to_install():
     code = ("import sys; sys.modules['bcc'] = None\n"   # as if python3-bpfcc were absent
             "from piobpf.cli import main; sys.exit(main(['-d', '1']))")
-    if os.geteuid() != 0:
-        pytest.skip("the privilege check comes first for non-root")
     assert_one_line(run([PY, "-c", code]), 1, "python3-bpfcc")
 
 
@@ -88,8 +73,7 @@ def test_closed_pipe():
                                 "(broken pipe)"]
 
 
+@needs_tracing
 def test_unreadable_ioports_file(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("the privilege check comes first for non-root")
     out = run(piobpf_cmd("-d", "1", "--ioports", str(tmp_path / "none")))
     assert out.returncode == 1 and "cannot read" in out.stderr and "Traceback" not in out.stderr

@@ -62,7 +62,8 @@ def test_vm_mode_labels_vm_and_pid(tmp_path):
 def test_vcpu_mode_labels_and_threads_of_one_name_summed(tmp_path):
     snap = Snapshot({("read", 0x60, 10, 11): Counts(1, 2), ("read", 0x60, 10, 12): Counts(3, 6),
                      ("read", 0x60, 10, 13): Counts(4, 8), ("read", 0x60, 10, 14): Counts(5, 10)})
-    comms = {11: "CPU 0/KVM", 12: "CPU 0/KVM", 13: "CPU 1/KVM", 14: "worker"}
+    comms = {(10, 11): "CPU 0/KVM", (10, 12): "CPU 0/KVM", (10, 13): "CPU 1/KVM",
+             (10, 14): "worker"}
     fams = exporter.families(snap, NAMES, 100, "vcpu",
                              labeler(tmp_path, "vcpu", {10: "db2"}, comms))
     got = {(dict(s.labels)["vcpu"], s.name): s.value for f in fams[:2] for s in f.samples}

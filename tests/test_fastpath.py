@@ -5,23 +5,12 @@ the classic tracepoint and the hash map that --by vm uses. All three trace
 the same guest at the same time, on a workload whose port changes on every
 event."""
 
-import json
-
-from helpers import MIXED, MIXED_EXPECTED, Traced, needs_tracing, run_guest
+from helpers import MIXED, MIXED_EXPECTED, Traced, needs_tracing, run_guest, sum_rows
 
 pytestmark = needs_tracing
 
 # 40 sweeps over the 8 serial ports: the key changes on every event.
 INTERLEAVED = ["r:0x3f8-0x3ff"] * 40 + ["w:0x2f8-0x2ff:2"] * 40
-
-
-def per_port(rows):
-    counts = {}
-    for r in rows:
-        key = (r["direction"], r["port"])
-        e, b = counts.get(key, (0, 0))
-        counts[key] = (e + r["events"], b + r["bytes"])
-    return counts
 
 
 def test_array_raw_equals_classic_and_hash():
@@ -33,7 +22,7 @@ def test_array_raw_equals_classic_and_hash():
     for t in tracers:
         rc, out, err = t.stop()
         assert rc == 0, err
-        results.append(per_port(json.loads(out)["rows"]))
+        results.append(sum_rows(out))     # by VM: summed over VMs, per port
     expected = dict(MIXED_EXPECTED)
     for port in range(0x3f8, 0x400):
         e, b = expected.get(("read", port), (0, 0))
@@ -51,11 +40,6 @@ def test_intervals_leave_nothing_behind():
     for tracer in (t, u):
         rc, out, err = tracer.stop()
         assert rc == 0, err
-        total = {}
-        for line in out.splitlines():
-            for key, (e, b) in per_port(json.loads(line)["rows"]).items():
-                pe, pb = total.get(key, (0, 0))
-                total[key] = (pe + e, pb + b)
-        sums.append(total)
+        sums.append(sum_rows(out))
     assert sums[0] == sums[1]
     assert sum(e for e, _ in sums[0].values()) == 640

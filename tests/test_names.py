@@ -44,7 +44,8 @@ def test_labeler_looks_up_once_and_keeps_names_of_gone_processes(tmp_path):
 
 def test_labeler_vcpu_fields(tmp_path):
     fake_proc(tmp_path, 10, ["qemu", "-name", "web1"], "qemu")
-    lab = names.Labeler("vcpu", {21: "CPU 1/KVM", 22: "worker"}, proc=str(tmp_path))
+    lab = names.Labeler("vcpu", {(10, 21): "CPU 1/KVM", (10, 22): "worker"},
+                        proc=str(tmp_path))
     assert lab(("read", 1, 10, 21)) == {"pid": 10, "vm": "web1", "tid": 21,
                                         "thread": "CPU 1/KVM", "vcpu": 1}
     assert lab(("read", 1, 10, 22))["vcpu"] is None

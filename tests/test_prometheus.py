@@ -16,7 +16,8 @@ import urllib.request
 
 import pytest
 
-from helpers import ENV, HeldGuest, needs_tracing, piobpf_cmd
+from helpers import (ENV, HeldGuest, assert_one_line, free_port, needs_tracing, piobpf_cmd,
+                     run_piobpf)
 from piobpf import ioports
 
 PROMETHEUS = "/usr/bin/prometheus"
@@ -30,12 +31,6 @@ scrape_configs:
     static_configs:
       - targets: ["{target}"]
 """
-
-
-def free_port(host="127.0.0.1"):
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def get(url):
@@ -211,30 +206,21 @@ def test_signal_ends_it_cleanly(running, sig, host):
         get(exporter.url)
 
 
-def run_one_line(*args):
-    out = subprocess.run(piobpf_cmd(*args), env=ENV, capture_output=True, text=True,
-                         timeout=120)
-    assert len(out.stderr.splitlines()) == 1 and out.stderr.startswith("piobpf: "), out.stderr
-    assert out.stdout == ""
-    return out.returncode, out.stderr
-
-
 @needs_tracing
 def test_port_taken_is_one_line():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        rc, err = run_one_line("--prometheus", f"127.0.0.1:{port}", "-p", str(os.getpid()))
-    assert rc == 1 and "Address already in use" in err
+        out = run_piobpf("--prometheus", f"127.0.0.1:{port}", "-p", str(os.getpid()))
+    assert_one_line(out, 1, "Address already in use")
 
 
 @needs_tracing
 def test_address_not_of_this_host_is_one_line():
-    rc, err = run_one_line("--prometheus", "192.0.2.1:9435", "-p", str(os.getpid()))
-    assert rc == 1 and "not an address of this host" in err
+    out = run_piobpf("--prometheus", "192.0.2.1:9435", "-p", str(os.getpid()))
+    assert_one_line(out, 1, "not an address of this host")
 
 
 def test_bad_address_is_one_line():
-    rc, err = run_one_line("--prometheus", "300.1.2.3:9435")
-    assert rc == 2 and "not an IP address" in err
+    assert_one_line(run_piobpf("--prometheus", "300.1.2.3:9435"), 2, "not an IP address")

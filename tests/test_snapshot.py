@@ -16,10 +16,13 @@ def test_deltas_add_up_to_the_last_snapshot():
     snaps = [Snapshot()]
     for i in range(1, 6):
         snaps.append(Snapshot({(R, p): Counts(i * p, 2 * i * p) for p in range(1, i + 1)}, i))
-    total = Snapshot()
+    total, dropped = {}, 0
     for earlier, later in zip(snaps, snaps[1:]):
-        total = total + (later - earlier)
-    assert total == snaps[-1]
+        delta = later - earlier
+        dropped += delta.dropped
+        for key, c in delta.counts.items():
+            total[key] = total.get(key, Counts()) + c
+    assert total == snaps[-1].counts and dropped == snaps[-1].dropped
 
 
 def test_total_events():

@@ -2,12 +2,11 @@
 
 import json
 import signal
-import socket
 
 import pytest
 
-from helpers import (MIXED, MIXED_EXPECTED, PerfRecord, Traced, by_key, needs_tracing,
-                     run_guest, trace_json)
+from helpers import (MIXED, MIXED_EXPECTED, PerfRecord, Traced, by_key, free_port,
+                     needs_tracing, run_guest, run_piobpf, sum_rows, trace_json)
 from piobpf import ioports
 
 pytestmark = needs_tracing
@@ -41,14 +40,9 @@ def test_interval_lines_add_up_to_the_workload():
     lines = [json.loads(l) for l in out.splitlines()]
     busy = [l for l in lines if l["total_events"]]
     assert len(busy) >= 3, out
-    total = {}
-    for line in lines:
-        for key, (e, b) in by_key(line["rows"]).items():
-            pe, pb = total.get(key, (0, 0))
-            total[key] = (pe + e, pb + b)
     expected = dict(MIXED_EXPECTED)
     expected[("read", 0x3fd)] = (155000, 155000)
-    assert total == expected
+    assert sum_rows(out) == expected
     assert sum(l["total_events"] for l in lines) == sum(e for e, _ in expected.values())
 
 
@@ -66,18 +60,9 @@ def test_signal_prints_what_was_counted(sig):
 
 
 def test_duration_ends_the_run():
-    import subprocess
-    from helpers import ENV, piobpf_cmd
-    out = subprocess.run(piobpf_cmd("-d", "0.5", "--format", "json"), env=ENV,
-                         capture_output=True, text=True, timeout=60)
+    out = run_piobpf("-d", "0.5", "--format", "json")
     assert out.returncode == 0, out.stderr
     assert 0.5 <= json.loads(out.stdout)["duration_s"] < 5
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("mode", [["--attach", "raw"], ["--attach", "classic"],
@@ -97,9 +82,5 @@ def test_perf_is_not_blinded(mode):
     assert rc == 0, err
     assert text.count("pio_read at 0x3fd ") == 3000
     assert text.count("pio_write at 0x3f8 ") == 101
-    if "--prometheus" not in mode:
-        got = {}
-        for line in out.splitlines():     # one object, or one per interval
-            for key, (e, _) in by_key(json.loads(line)["rows"]).items():
-                got[key] = got.get(key, 0) + e
-        assert got == {("read", 0x3fd): 3000, ("write", 0x3f8): 101}
+    if "--prometheus" not in mode:       # one object, or one per interval
+        assert sum_rows(out) == {("read", 0x3fd): (3000, 3000), ("write", 0x3f8): (101, 101)}
