@@ -118,7 +118,7 @@ def parse_args(argv):
     p.add_argument("-i", "--interval", type=number(float), metavar="SECONDS",
                    help="print the counts of every interval of this length")
     p.add_argument("-n", "--top", type=number(int), metavar="TOP",
-                   help="show only the TOP busiest rows")
+                   help="show only the TOP busiest rows (per VM or vCPU with --by)")
     p.add_argument("--format", choices=formats.FORMATS, default="table",
                    help="output format (default: table)")
     p.add_argument("-o", "--output", metavar="FILE", help="write results to FILE")

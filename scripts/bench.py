@@ -12,6 +12,7 @@ tracer of this event can cost less.
 """
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -28,6 +29,8 @@ from pathlib import Path
 from tabulate import tabulate
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from piobpf import perfrecord  # noqa: E402  (the repository's, not an installed copy)
 PY = "/usr/bin/python3"
 ENV = dict(os.environ, PYTHONPATH=str(REPO))
 FLOOR_PROGRAM = "RAW_TRACEPOINT_PROBE(kvm_pio) { return 0; }"
@@ -83,27 +86,30 @@ class Tracer:
 
 
 class PerfTracer(Tracer):
-    """perf record -e kvm:kvm_pio -a, enabled (acknowledged) before it returns."""
+    """perf record -e kvm:kvm_pio -a, recording when the constructor returns."""
 
     def __init__(self, data):
         self.name, self.data = "perf record", data
-        d = os.path.dirname(data)
-        for fifo in ("ctl", "ack"):
-            os.mkfifo(f"{d}/{fifo}")
         t0 = time.monotonic()
-        self.proc = subprocess.Popen(
-            ["perf", "record", "-q", "-D", "-1", "--control", f"fifo:{d}/ctl,{d}/ack",
-             "-e", "kvm:kvm_pio", "-a", "-o", data],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        with open(f"{d}/ctl", "w") as ctl, open(f"{d}/ack") as ack:
-            ctl.write("enable\n")
-            ctl.flush()
-            ack.readline()
+        self.proc = perfrecord.start(data)
         self.startup_s = time.monotonic() - t0
 
     def stop(self):
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.communicate(timeout=300)
+        perfrecord.stop(self.proc)
+
+
+@contextlib.contextmanager
+def running(name, tmp):
+    """A started tracer, stopped (killed if it must be) however the block ends."""
+    tracer = start(name, tmp)
+    try:
+        yield tracer
+    finally:
+        try:
+            tracer.stop()
+        except subprocess.TimeoutExpired:
+            tracer.proc.kill()
+            tracer.proc.wait()
 
 
 def start(name, tmp):
@@ -134,12 +140,11 @@ def bpf_costs(names, ops, tmp):
     costs = {}
     try:
         for name in names:
-            tracer = start(name, tmp)
-            stats.write_text("1")
-            guest_throughput(ops)
-            costs[name] = bpf_ns_per_event(tracer)
-            stats.write_text(was)
-            tracer.stop()
+            with running(name, tmp) as tracer:
+                stats.write_text("1")
+                guest_throughput(ops)
+                costs[name] = bpf_ns_per_event(tracer)
+                stats.write_text(was)
     finally:
         stats.write_text(was)
     return costs
@@ -166,7 +171,6 @@ def perf_pipeline(tracer, events_hint):
 
 def full_map_read():
     """One read of a map holding all 131072 (direction, port) keys, seconds (median of 5)."""
-    sys.path.insert(0, str(REPO))
     from piobpf.kernel import PioCounter
     counter = PioCounter()
     try:
@@ -214,13 +218,12 @@ def main():
         untraced = [base]
         for rnd in range(args.rounds):
             for name in tracers:
-                tracer = start(name, tmp)
-                traced = guest_throughput(args.ops)
-                if name == "piobpf":
-                    extra["startup_s"].append(tracer.startup_s)
-                    extra["peak_rss_mb"] = tracer.peak_rss_mb()
-                    extra.update(map_memory(tracer))
-                tracer.stop()
+                with running(name, tmp) as tracer:
+                    traced = guest_throughput(args.ops)
+                    if name == "piobpf":
+                        extra["startup_s"].append(tracer.startup_s)
+                        extra["peak_rss_mb"] = tracer.peak_rss_mb()
+                        extra.update(map_memory(tracer))
                 if name == "perf record" and rnd == 0:
                     extra.update(perf_pipeline(tracer, args.ops))
                 after = guest_throughput(args.ops)

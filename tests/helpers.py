@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from piobpf import perfrecord
+
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 ENV = dict(os.environ, PYTHONPATH=str(REPO), LC_ALL="C")
@@ -149,27 +151,16 @@ def by_key(rows):
 
 
 class PerfRecord:
-    """`perf record -e kvm:kvm_pio -a`, enabled (acknowledged) before it returns."""
+    """`perf record -e kvm:kvm_pio -a`, recording when the constructor returns."""
 
     def __init__(self):
         self.dir = tempfile.TemporaryDirectory()
-        d = self.dir.name
-        self.data = f"{d}/perf.data"
-        os.mkfifo(f"{d}/ctl")
-        os.mkfifo(f"{d}/ack")
-        self.proc = subprocess.Popen(
-            ["perf", "record", "-q", "-D", "-1", "--control", f"fifo:{d}/ctl,{d}/ack",
-             "-e", "kvm:kvm_pio", "-a", "-o", self.data],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        with open(f"{d}/ctl", "w") as ctl, open(f"{d}/ack") as ack:
-            ctl.write("enable\n")
-            ctl.flush()
-            assert ack.readline().strip() == "ack"
+        self.data = f"{self.dir.name}/perf.data"
+        self.proc = perfrecord.start(self.data)
 
     def script(self):
         """Stop recording; the `perf script` text of what it saw."""
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(timeout=60)
+        perfrecord.stop(self.proc)
         out = subprocess.run(["perf", "script", "-i", self.data], capture_output=True,
                              text=True, timeout=300)
         self.dir.cleanup()

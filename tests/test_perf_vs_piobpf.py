@@ -60,9 +60,9 @@ def test_seed_is_right_where_awk_is_wrong(tmp_path):
 
 def test_perf_capture_script_beside_piobpf(tmp_path):
     t = Traced("--format", "json")
-    capture = subprocess.Popen(["bash", str(REPO / "scripts" / "perf-capture.sh"), "5",
+    capture = subprocess.Popen(["bash", str(REPO / "scripts" / "perf-capture.sh"), "8",
                                 str(tmp_path / "pio_stat")], stderr=subprocess.PIPE, text=True)
-    time.sleep(2)          # perf record attaches well within this
+    time.sleep(3)          # perf record attaches well within this
     run_guest("r:0x3fd:1:2000", "w:0x3f8:1:5", thread_name="CPU 0/KVM")
     assert capture.wait(timeout=60) == 0, capture.stderr.read()
     rc, out, err = t.stop()
