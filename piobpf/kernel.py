@@ -97,7 +97,9 @@ def choose_attach(mode, fields, raw_supported):
 
 def check_headers():
     """BCC compiles C against kernel headers; say what to install when absent."""
-    if os.environ.get("BCC_KERNEL_SOURCE"):
+    # BCC also takes headers from the environment, or from the kernel itself
+    # (CONFIG_IKHEADERS).
+    if os.environ.get("BCC_KERNEL_SOURCE") or os.path.exists("/sys/kernel/kheaders.tar.xz"):
         return
     release = platform.release()
     if not os.path.exists(f"/lib/modules/{release}/build"):
