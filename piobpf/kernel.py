@@ -9,6 +9,7 @@ import errno
 import os
 import platform
 import struct
+import sys
 import tempfile
 from pathlib import Path
 
@@ -121,6 +122,7 @@ def import_bcc():
 def load(bcc, path, cflags):
     """Compile and load; a failure is one line (clang's first error), not
     the pages clang writes to stderr."""
+    sys.stderr.flush()      # our own pending output stays ours
     with tempfile.TemporaryFile() as log:
         saved = os.dup(2)
         os.dup2(log.fileno(), 2)
