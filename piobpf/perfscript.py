@@ -10,6 +10,7 @@ them. So the payload is matched by its own shape, never by field position
 """
 
 import re
+from collections import defaultdict
 from dataclasses import dataclass
 
 from .snapshot import READ, WRITE, Counts, Snapshot
@@ -31,7 +32,7 @@ class PerfParse:
 
 def parse(lines):
     """Count kvm_pio events from `perf script` lines (an iterable of str)."""
-    counts = {}
+    counts = defaultdict(Counts)
     malformed, first_bad = 0, ""
     first_t = last_t = None
     for no, line in enumerate(lines, 1):
@@ -44,11 +45,11 @@ def parse(lines):
             first_bad = first_bad or f"{no}: {stripped[:200]}"
             continue
         key = (WRITE if m["dir"] == "write" else READ, int(m["port"], 16))
-        counts[key] = counts.get(key, Counts()) + Counts(1, int(m["size"]) * int(m["count"]))
+        counts[key] += Counts(1, int(m["size"]) * int(m["count"]))
         t = _TIME.search(line[:m.start()])
         if t:
             ts = float(t.group(1))
             first_t = ts if first_t is None else first_t
             last_t = ts
     duration = last_t - first_t if first_t is not None else 0.0
-    return PerfParse(Snapshot(counts), duration, malformed, first_bad)
+    return PerfParse(Snapshot(dict(counts)), duration, malformed, first_bad)

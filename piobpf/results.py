@@ -1,6 +1,7 @@
 """Read a saved result: piobpf JSON (one object or JSON Lines) or `perf script` text."""
 
 import json
+from collections import defaultdict
 from dataclasses import dataclass
 
 from . import perfscript
@@ -27,19 +28,19 @@ def from_json(text):
     """Sum piobpf JSON objects (several when written with -i); ValueError if not ours."""
     try:
         objects = _json_objects(text)
-        counts, names, dropped = {}, {}, 0
+        counts, names, dropped = defaultdict(Counts), {}, 0
         for obj in objects:
             dropped += int(obj["dropped_events"])
             for r in obj["rows"]:
                 if r["direction"] not in ("read", "write"):
                     raise ValueError(f"bad direction {r['direction']!r}")
                 key = (r["direction"], int(r["port"]))
-                counts[key] = counts.get(key, Counts()) + Counts(int(r["events"]), int(r["bytes"]))
+                counts[key] += Counts(int(r["events"]), int(r["bytes"]))
                 if r.get("device"):
                     names[key[1]] = r["device"]
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"not a piobpf JSON result ({e})") from None
-    return Loaded("json", Snapshot(counts, dropped), names)
+    return Loaded("json", Snapshot(dict(counts), dropped), names)
 
 
 def load(stream):
