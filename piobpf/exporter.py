@@ -14,8 +14,8 @@ from collections import defaultdict
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from . import names
-from .cli import CliError, Stopper, load_ioports, traced
+from .errors import CliError
+from .session import Session, describe
 from .snapshot import Counts
 
 try:
@@ -31,12 +31,12 @@ LABELS = {"port": ["direction", "port", "device"],
           "vcpu": ["direction", "port", "device", "vm", "pid", "vcpu"]}
 
 
-def label_values(key, name_of, label):
-    """A key's label values: its `label` fields (--by vm|vcpu) are those of
-    names.Labeler; unknown names are empty strings."""
-    values = [key[0], f"{key[1]:#x}", name_of(key[1]) or ""]
-    if label:
-        fields = label(key)
+def label_values(key, naming):
+    """A key's label values, named as the printed rows are (naming.Naming);
+    unknown names are empty strings."""
+    values = [key[0], f"{key[1]:#x}", naming.device(key)[0] or ""]
+    if len(key) > 2:
+        fields = naming.labels(key)
         values += [fields["vm"] or "", str(fields["pid"])]
         if "tid" in fields:
             vcpu = fields["vcpu"]
@@ -44,13 +44,13 @@ def label_values(key, name_of, label):
     return tuple(values)
 
 
-def families(snapshot, name_of, max_entries, by="port", label=None):
+def families(snapshot, naming, max_entries, by="port"):
     """The metric families of a cumulative snapshot."""
     # Keys can share labels (a vCPU thread replaced by one of the same name):
     # their sum is still a counter, where two series of one name would clash.
     summed = defaultdict(Counts)
     for key, c in snapshot.counts.items():
-        summed[label_values(key, name_of, label)] += c
+        summed[label_values(key, naming)] += c
     events = CounterMetricFamily("piobpf_pio_events", "kvm:kvm_pio events: guest port I/O "
                                  "instructions that exit to the host", labels=LABELS[by])
     nbytes = CounterMetricFamily("piobpf_pio_bytes", "Bytes of those events: access size "
@@ -73,34 +73,29 @@ class PioCollector(Collector):
     """Reads the counter at each scrape. Scrapes run in the server's threads
     and `learn` in the main one: a lock keeps them from reading at once."""
 
-    def __init__(self, counter, name_of, max_entries, by="port", labeler=None):
-        self._counter, self._name_of, self._max_entries = counter, name_of, max_entries
-        self._by, self._labeler = by, labeler
+    def __init__(self, session):
+        self._session = session
         self._lock = threading.Lock()
-
-    def _read(self):
-        snap = self._counter.read()
-        if self._labeler:
-            self._labeler.learn(snap)
-        return snap
 
     def learn(self):
         """Name the VMs that are new since the last read, while they run."""
         with self._lock:
-            if self._counter:
-                self._read()
+            if self._session:
+                self._session.naming.tick()
+                if self._session.naming.labeler:
+                    self._session.read()
 
     def collect(self):
         with self._lock:
-            if not self._counter:
+            if not self._session:
                 return []
-            return families(self._read(), self._name_of, self._max_entries, self._by,
-                            self._labeler)
+            s = self._session
+            return families(s.read(), s.naming, s.capacity, s.naming.by)
 
     def close(self):
         """Wait for a scrape under way; later ones find nothing (the map is going)."""
         with self._lock:
-            self._counter = None
+            self._session = None
 
 
 class QuietHandler(WSGIRequestHandler):
@@ -138,28 +133,22 @@ def listen(host, port, collector):
 
 def run(args):
     """Serve until SIGINT/SIGTERM, then stop serving, then detach the program."""
-    from .kernel import PioCounter
-    stopper = Stopper()
     host, port = args.prometheus
-    with contextlib.ExitStack() as undo:   # undone in reverse: server, collector, counter
-        # Load first: a missing privilege or header is the one line to show.
-        counter = PioCounter(attach=args.attach, max_entries=args.map_size, by=args.by,
-                             pids=args.pid or ())
-        undo.callback(counter.close)
-        labeler = names.labeler(args.by, counter.comms)
-        collector = PioCollector(counter, load_ioports(args.ioports).lookup, counter.capacity,
-                                 args.by, labeler)
+    with contextlib.ExitStack() as undo:   # undone in reverse: server, collector, session
+        session = undo.enter_context(Session(args))
+        collector = PioCollector(session)
         undo.callback(collector.close)
         server = undo.enter_context(listen(host, port, collector))
         threading.Thread(target=server.serve_forever, daemon=True).start()
         try:
             url = f"http://{where(host, port)}/metrics"
-            print(f"Serving {traced(args)} at {url}... Ctrl-C to end.",
+            print(f"Serving {describe(args)} at {url}... Ctrl-C to end.",
                   file=sys.stderr, flush=True)
-            while not stopper.stopped:
-                # Scrapes may be minutes apart: read every second to name short-lived VMs.
-                stopper.wait(1.0 if labeler else float("inf"))
-                if labeler:
+            ticks = session.naming.ticks
+            while not session.stopper.stopped:
+                # Scrapes may be minutes apart: look every second to name new VMs.
+                session.stopper.wait(1.0 if ticks else float("inf"))
+                if ticks:
                     collector.learn()
         finally:
             server.shutdown()

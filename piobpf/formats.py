@@ -7,20 +7,49 @@ from collections import Counter
 
 from tabulate import tabulate
 
+from .devices import HOST_IOPORTS, IOPORTS_FILE, VMM
 from .snapshot import READ
 
 FORMATS = ("table", "json", "csv", "seed")
-CSV_FIELDS = ["direction", "port", "device", "events", "bytes"]
+CSV_FIELDS = ["direction", "port", "device", "device_source", "events", "bytes"]
 # Fields that --by adds to JSON rows and CSV columns.
 BY_FIELDS = {"port": [], "vm": ["pid", "vm"], "vcpu": ["pid", "vm", "tid", "thread", "vcpu"]}
 
 
+# Where DEVICE came from, for the table's footnote; marks for rows not named
+# by their VM's own map, when a table mixes sources.
+SOURCES = {VMM: ("", "the VM's own device model (QEMU monitor)"),
+           IOPORTS_FILE: ("+", "the --ioports file"),
+           HOST_IOPORTS: ("*", "the host's /proc/ioports")}
+_CONTROL = dict.fromkeys(list(range(32)) + [127])
+
+
+def printable(text):
+    """Control characters (a newline or an escape sequence in a VM's name)
+    shown as escapes, so a name can neither break rows nor drive the terminal."""
+    if not any(ord(ch) in _CONTROL for ch in text):
+        return text
+    return "".join(ch.encode("unicode_escape").decode() if ord(ch) in _CONTROL else ch
+                   for ch in text)
+
+
 def vm_label(row):
-    return f"{row.vm} [{row.pid}]" if row.vm else f"[{row.pid}]"
+    return f"{printable(row.vm)} [{row.pid}]" if row.vm else f"[{row.pid}]"
 
 
 def vcpu_label(row):
     return f"vCPU {row.vcpu}" if row.vcpu is not None else f"tid {row.tid}"
+
+
+def _device_column(report):
+    """DEVICE cells and the footnote saying where the names came from."""
+    used = [src for src in SOURCES if any(r.device_source == src for r in report.rows)]
+    mixed = len(used) > 1
+    cells = [printable(r.device or "-") + (SOURCES[r.device_source][0] if mixed else "")
+             for r in report.rows]
+    said = [(f"{SOURCES[src][0]} " if mixed and SOURCES[src][0] else "") + SOURCES[src][1]
+            for src in used]
+    return cells, ("DEVICE from " + "; ".join(said)) if said else ""
 
 
 def _group_columns(report):
@@ -42,10 +71,11 @@ def table(report):
     lead, lead_cells = _group_columns(report)
     headers = lead + ["DIR", "PORT", "DEVICE", "EVENTS", "%", "EVENTS/s", "BYTES"]
     total, dur = report.total_events, report.duration_s
-    body = [cells + [r.direction, f"{r.port:#06x}", r.device or "-", r.events,
+    devices, footnote = _device_column(report)
+    body = [cells + [r.direction, f"{r.port:#06x}", device, r.events,
                      f"{100.0 * r.events / total:.1f}" if total else "0.0",
                      f"{r.events / dur:.1f}" if dur > 0 else "-", r.bytes]
-            for cells, r in zip(lead_cells, report.rows)]
+            for cells, device, r in zip(lead_cells, devices, report.rows)]
     summary = f"{total} events in {dur:.2f} s ({report.rate:.1f}/s)"
     if report.dropped_events:
         summary += f", {report.dropped_events} dropped (map full)"
@@ -53,7 +83,7 @@ def table(report):
         return summary + "\n"
     return tabulate(body, headers, tablefmt="simple", disable_numparse=True,
                     colalign=("left",) * (len(lead) + 3) + ("right",) * 4
-                    ) + "\n\n" + summary + "\n"
+                    ) + f"\n\n{summary}\n{footnote}\n"
 
 
 def to_dict(report):
@@ -62,7 +92,7 @@ def to_dict(report):
         "total_events": report.total_events,
         "dropped_events": report.dropped_events,
         "rows": [{"direction": r.direction, "port": r.port, "device": r.device,
-                  "events": r.events, "bytes": r.bytes,
+                  "device_source": r.device_source, "events": r.events, "bytes": r.bytes,
                   **{f: getattr(r, f) for f in BY_FIELDS[report.by]}} for r in report.rows],
     }
 
@@ -82,7 +112,8 @@ def csv_text(report, header=True, elapsed=None):
         w.writerow(lead + CSV_FIELDS + extra)
     for r in report.rows:
         at = [] if elapsed is None else [f"{elapsed:.3f}"]
-        w.writerow(at + [r.direction, f"{r.port:#x}", r.device or "", r.events, r.bytes]
+        w.writerow(at + [r.direction, f"{r.port:#x}", r.device or "", r.device_source,
+                         r.events, r.bytes]
                    + ["" if getattr(r, f) is None else getattr(r, f) for f in extra])
     return buf.getvalue()
 

@@ -6,21 +6,9 @@ during the run keeps its counts and its last known name.
 
 import re
 
+from .qemucmd import qemu_name
+
 _VCPU = re.compile(r"^CPU (\d+)/KVM$")
-
-
-def qemu_name(argv):
-    """The guest name from a QEMU command line (`-name guest=NAME,...` or `-name NAME`)."""
-    for flag, value in zip(argv, argv[1:]):
-        if flag not in ("-name", "--name"):
-            continue
-        # QEMU options are comma-separated; ",," is a literal comma.
-        parts = [p.replace("\0", ",") for p in value.replace(",,", "\0").split(",")]
-        for part in parts:
-            if part.startswith("guest="):
-                return part[len("guest="):] or None
-        return parts[0] if parts[0] and "=" not in parts[0] else None
-    return None
 
 
 def vcpu_index(thread):

@@ -1,4 +1,5 @@
-"""Turn a snapshot into sorted rows with device (and VM) names (pure)."""
+"""Turn a snapshot into sorted rows with device (and VM) names (pure: the
+names come from a naming.Naming or anything with its device and labels)."""
 
 from collections import defaultdict
 from dataclasses import dataclass
@@ -6,12 +7,12 @@ from dataclasses import dataclass
 from .snapshot import READ
 
 
-
 @dataclass(frozen=True)
 class Row:
     direction: str
     port: int
-    device: object      # str, or None when no ioports range names the port
+    device: object      # str, or None when no map names the port
+    device_source: str  # where `device` came from: devices.VMM, IOPORTS_FILE, HOST_IOPORTS
     events: int
     bytes: int
     pid: object = None  # the rest only with --by vm (pid, vm) or vcpu (all)
@@ -38,16 +39,15 @@ def _by_events(rows):
     return sorted(rows, key=lambda r: (-r.events, r.direction != READ, r.port))
 
 
-def make_report(snapshot, duration_s, name_of=lambda port: None, top=None,
-                by="port", label=None):
+def make_report(snapshot, duration_s, naming, top=None, by="port"):
     """Rows sorted by events, most first; ties by direction, then port.
 
-    With --by vm|vcpu (`label` gives the extra fields of a key) rows are
-    grouped per VM or vCPU, busiest group first, `top` rows per group."""
+    With --by vm|vcpu (`naming.labels` gives the extra fields of a key) rows
+    are grouped per VM or vCPU, busiest group first, `top` rows per group."""
     groups = defaultdict(list)
     for key, c in snapshot.counts.items():
-        extra = label(key) if label else {}
-        groups[key[2:]].append(Row(key[0], key[1], name_of(key[1]), c.events, c.bytes, **extra))
+        groups[key[2:]].append(Row(key[0], key[1], *naming.device(key), c.events, c.bytes,
+                                   **naming.labels(key)))
     ordered = sorted(groups.values(), key=lambda g: (-sum(r.events for r in g), g[0].pid or 0,
                                                      g[0].tid or 0))
     rows = []

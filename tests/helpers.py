@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from piobpf import perfrecord
+from piobpf import ioports, naming, perfrecord
+from piobpf.devices import HOST_IOPORTS, DeviceNames
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -60,6 +61,12 @@ def assert_one_line(out, rc, *words):
     for w in words:
         assert w in lines[0]
     assert out.stdout == ""
+
+
+def fixed_naming(names=None, by="port", labeler=None, source=HOST_IOPORTS, maps=None):
+    """A naming.Naming whose fallback table names ports from a {port: name} dict."""
+    table = ioports.IoPorts(ioports.Range(p, p, n, 0) for p, n in (names or {}).items())
+    return naming.Naming(DeviceNames(table, source, maps), by, labeler, maps)
 
 
 def free_port(host="127.0.0.1"):

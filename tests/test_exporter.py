@@ -3,11 +3,13 @@
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from helpers import fixed_naming
 from piobpf import exporter, names
-from piobpf.cli import CliError, parse_args
+from piobpf.args import parse_args
+from piobpf.errors import CliError
 from piobpf.snapshot import Counts, Snapshot
 
-NAMES = {0x3fd: "serial", 0x3f8: "serial"}.get
+NAMES = {0x3fd: "serial", 0x3f8: "serial"}
 
 
 def samples(fams):
@@ -18,7 +20,7 @@ def samples(fams):
 def test_port_mode_families():
     snap = Snapshot({("read", 0x3fd): Counts(1234, 1234), ("write", 0x3f8): Counts(56, 112),
                      ("write", 0xd010): Counts(3, 12)}, dropped=7)
-    fams = exporter.families(snap, NAMES, 4096)
+    fams = exporter.families(snap, fixed_naming(NAMES), 4096)
     assert [(f.name, f.type) for f in fams] == [
         ("piobpf_pio_events", "counter"), ("piobpf_pio_bytes", "counter"),
         ("piobpf_dropped_events", "counter"), ("piobpf_map_entries", "gauge"),
@@ -49,7 +51,8 @@ def labeler(tmp_path, by, vms, comms=None):
 
 def test_vm_mode_labels_vm_and_pid(tmp_path):
     snap = Snapshot({("read", 0x3fd, 10): Counts(5, 5), ("read", 0x3fd, 20): Counts(2, 2)})
-    fams = exporter.families(snap, NAMES, 100, "vm", labeler(tmp_path, "vm", {10: "web1"}))
+    fams = exporter.families(
+        snap, fixed_naming(NAMES, "vm", labeler(tmp_path, "vm", {10: "web1"})), 100, "vm")
     events = {dict(s.labels)["pid"]: (dict(s.labels), s.value) for s in fams[0].samples}
     assert events == {
         "10": ({"direction": "read", "port": "0x3fd", "device": "serial", "vm": "web1",
@@ -64,8 +67,8 @@ def test_vcpu_mode_labels_and_threads_of_one_name_summed(tmp_path):
                      ("read", 0x60, 10, 13): Counts(4, 8), ("read", 0x60, 10, 14): Counts(5, 10)})
     comms = {(10, 11): "CPU 0/KVM", (10, 12): "CPU 0/KVM", (10, 13): "CPU 1/KVM",
              (10, 14): "worker"}
-    fams = exporter.families(snap, NAMES, 100, "vcpu",
-                             labeler(tmp_path, "vcpu", {10: "db2"}, comms))
+    naming = fixed_naming(NAMES, "vcpu", labeler(tmp_path, "vcpu", {10: "db2"}, comms))
+    fams = exporter.families(snap, naming, 100, "vcpu")
     got = {(dict(s.labels)["vcpu"], s.name): s.value for f in fams[:2] for s in f.samples}
     assert got == {("0", "piobpf_pio_events_total"): 4, ("0", "piobpf_pio_bytes_total"): 8,
                    ("1", "piobpf_pio_events_total"): 4, ("1", "piobpf_pio_bytes_total"): 8,
@@ -75,19 +78,23 @@ def test_vcpu_mode_labels_and_threads_of_one_name_summed(tmp_path):
     assert fams[3].samples[0].value == 4    # map entries are keys, not series
 
 
-class FakeCounter:
-    def __init__(self, *snapshots):
-        self.snapshots = list(snapshots)
+class FixedSession:
+    """A session.Session's reading side over fixed snapshots (the exporter's unit test)."""
+
+    def __init__(self, naming, *snapshots):
+        self.naming, self.snapshots, self.capacity = naming, list(snapshots), 100
 
     def read(self):
-        return self.snapshots.pop(0)
+        snap = self.snapshots.pop(0)
+        self.naming.learn(snap)
+        return snap
 
 
 def test_collector_reads_at_each_scrape_and_nothing_once_closed(tmp_path):
-    counter = FakeCounter(Snapshot({("read", 0x3fd, 10): Counts(1, 1)}),
-                          Snapshot({("read", 0x3fd, 10): Counts(9, 9)}))
-    collector = exporter.PioCollector(counter, NAMES, 100, "vm",
-                                      labeler(tmp_path, "vm", {10: "web1"}))
+    naming = fixed_naming(NAMES, "vm", labeler(tmp_path, "vm", {10: "web1"}))
+    collector = exporter.PioCollector(FixedSession(
+        naming, Snapshot({("read", 0x3fd, 10): Counts(1, 1)}),
+        Snapshot({("read", 0x3fd, 10): Counts(9, 9)})))
     registry = CollectorRegistry()
     registry.register(collector)
     line = ('piobpf_pio_events_total{device="serial",direction="read",pid="10",port="0x3fd",'

@@ -2,7 +2,7 @@ import csv
 import io
 import json
 
-from helpers import awk_pipeline
+from helpers import awk_pipeline, fixed_naming
 from piobpf import formats
 from piobpf.report import make_report
 from piobpf.snapshot import Counts, Snapshot
@@ -10,7 +10,7 @@ from piobpf.snapshot import Counts, Snapshot
 SNAP = Snapshot({("read", 0x3fd): Counts(9994, 9994), ("read", 0x3fb): Counts(4, 4),
                  ("write", 0x20): Counts(1, 1), ("write", 0x21): Counts(1, 1),
                  ("read", 0x60): Counts(4, 64)}, dropped=0)
-NAMES = {0x3fd: "serial", 0x3fb: "serial", 0x20: "pic1", 0x21: "pic1"}.get
+NAMES = fixed_naming({0x3fd: "serial", 0x3fb: "serial", 0x20: "pic1", 0x21: "pic1"})
 
 
 def report(top=None, duration=2.0):
@@ -29,25 +29,32 @@ def test_top_cuts_rows_not_totals():
     assert len(r.rows) == 2 and r.total_events == 10004
 
 
+H = "host-ioports"
+
+
 def test_json_object():
     obj = json.loads(formats.json_line(report()))
     assert obj == {"duration_s": 2.0, "total_events": 10004, "dropped_events": 0, "rows": [
-        {"direction": "read", "port": 1021, "device": "serial", "events": 9994, "bytes": 9994},
-        {"direction": "read", "port": 96, "device": None, "events": 4, "bytes": 64},
-        {"direction": "read", "port": 1019, "device": "serial", "events": 4, "bytes": 4},
-        {"direction": "write", "port": 32, "device": "pic1", "events": 1, "bytes": 1},
-        {"direction": "write", "port": 33, "device": "pic1", "events": 1, "bytes": 1}]}
+        {"direction": "read", "port": 1021, "device": "serial", "device_source": H, "events": 9994, "bytes": 9994},
+        {"direction": "read", "port": 96, "device": None, "device_source": H, "events": 4,
+         "bytes": 64},
+        {"direction": "read", "port": 1019, "device": "serial", "device_source": H, "events": 4,
+         "bytes": 4},
+        {"direction": "write", "port": 32, "device": "pic1", "device_source": H, "events": 1,
+         "bytes": 1},
+        {"direction": "write", "port": 33, "device": "pic1", "device_source": H, "events": 1,
+         "bytes": 1}]}
     assert formats.json_line(report()).count("\n") == 1
 
 
 def test_csv():
     rows = list(csv.reader(io.StringIO(formats.csv_text(report()))))
     assert rows[0] == formats.CSV_FIELDS
-    assert rows[1] == ["read", "0x3fd", "serial", "9994", "9994"]
-    assert rows[2] == ["read", "0x60", "", "4", "64"]
+    assert rows[1] == ["read", "0x3fd", "serial", H, "9994", "9994"]
+    assert rows[2] == ["read", "0x60", "", H, "4", "64"]
     assert len(rows) == 6
     tail = list(csv.reader(io.StringIO(formats.csv_text(report(), header=False, elapsed=1.5))))
-    assert tail[0] == ["1.500", "read", "0x3fd", "serial", "9994", "9994"]
+    assert tail[0] == ["1.500", "read", "0x3fd", "serial", H, "9994", "9994"]
 
 
 def test_table_columns_percent_and_rate():
@@ -56,11 +63,12 @@ def test_table_columns_percent_and_rate():
     assert lines[0].split() == ["DIR", "PORT", "DEVICE", "EVENTS", "%", "EVENTS/s", "BYTES"]
     assert lines[2].split() == ["read", "0x03fd", "serial", "9994", "99.9", "4997.0", "9994"]
     assert lines[3].split()[2] == "-"
-    assert lines[-1] == "10004 events in 2.00 s (5002.0/s)"
+    assert lines[-2] == "10004 events in 2.00 s (5002.0/s)"
+    assert lines[-1] == "DEVICE from the host's /proc/ioports"
 
 
 def test_table_of_nothing():
-    empty = make_report(Snapshot(), 1.0)
+    empty = make_report(Snapshot(), 1.0, NAMES)
     assert formats.table(empty) == "0 events in 1.00 s (0.0/s)\n"
 
 
@@ -81,5 +89,5 @@ def test_seed_is_byte_identical_to_the_awk_pipeline(tmp_path):
 
 
 def test_seed_label_is_cut_at_16_like_awk():
-    long = make_report(Snapshot({("read", 0xffff): Counts(1, 1)}), 1)
+    long = make_report(Snapshot({("read", 0xffff): Counts(1, 1)}), 1, NAMES)
     assert formats.seed(long) == "R:0xffff         1\n"

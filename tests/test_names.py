@@ -1,18 +1,19 @@
 import json
 
-from piobpf import formats, names
+from helpers import fixed_naming
+from piobpf import formats, names, qemucmd
 from piobpf.report import make_report
 from piobpf.snapshot import Counts, Snapshot
 
 
 def test_qemu_name_forms():
-    assert names.qemu_name(["qemu", "-name", "guest=web1,debug-threads=on"]) == "web1"
-    assert names.qemu_name(["qemu", "-name", "db2"]) == "db2"
-    assert names.qemu_name(["qemu", "-name", "db2,process=qemu:db2"]) == "db2"
-    assert names.qemu_name(["qemu", "-name", "process=x,guest=a,,b"]) == "a,b"
-    assert names.qemu_name(["qemu", "-m", "1G"]) is None
-    assert names.qemu_name(["qemu", "-name"]) is None
-    assert names.qemu_name(["qemu", "-name", "debug-threads=on"]) is None
+    assert qemucmd.qemu_name(["qemu", "-name", "guest=web1,debug-threads=on"]) == "web1"
+    assert qemucmd.qemu_name(["qemu", "-name", "db2"]) == "db2"
+    assert qemucmd.qemu_name(["qemu", "-name", "db2,process=qemu:db2"]) == "db2"
+    assert qemucmd.qemu_name(["qemu", "-name", "process=x,guest=a,,b"]) == "a,b"
+    assert qemucmd.qemu_name(["qemu", "-m", "1G"]) is None
+    assert qemucmd.qemu_name(["qemu", "-name"]) is None
+    assert qemucmd.qemu_name(["qemu", "-name", "debug-threads=on"]) is None
 
 
 def test_vcpu_index():
@@ -58,8 +59,8 @@ LABEL = {10: "small", 20: "big"}
 
 
 def report(top=None):
-    return make_report(SNAP, 1.0, lambda p: None, top, by="vm",
-                       label=lambda k: {"pid": k[2], "vm": LABEL[k[2]]})
+    return make_report(SNAP, 1.0, fixed_naming(by="vm", labeler=lambda k: {
+        "pid": k[2], "vm": LABEL[k[2]]}), top, by="vm")
 
 
 def test_groups_busiest_vm_first_top_per_vm():
@@ -76,7 +77,9 @@ def test_vm_table_json_csv_seed():
     assert lines[2].split()[:4] == ["big", "[20]", "read", "0x03fd"]
     assert lines[3].split()[:2] == ["read", "0x0061"]        # VM shown once per group
     row = json.loads(formats.json_line(r))["rows"][0]
-    assert row == {"direction": "read", "port": 0x3fd, "device": None, "events": 100,
-                   "bytes": 100, "pid": 20, "vm": "big"}
-    assert formats.csv_text(r).splitlines()[0] == "direction,port,device,events,bytes,pid,vm"
+    assert row == {"direction": "read", "port": 0x3fd, "device": None,
+                   "device_source": "host-ioports", "events": 100, "bytes": 100, "pid": 20,
+                   "vm": "big"}
+    assert formats.csv_text(r).splitlines()[0] == ("direction,port,device,device_source,"
+                                                   "events,bytes,pid,vm")
     assert formats.seed(r).splitlines()[0] == "R:0x3fd          105"

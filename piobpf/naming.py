@@ -1,0 +1,69 @@
+"""Names for the keys of a run: each port's device (and where that name came
+from), and with --by vm|vcpu the VM and vCPU. The one place that decides
+which sources of names a run uses."""
+
+from . import ioports, names
+from .devices import HOST_IOPORTS, IOPORTS_FILE, DeviceNames, VmmMaps
+from .errors import CliError, warn
+
+DEVICE_MAPS = ("auto", "host")
+
+
+def load_ioports(path):
+    """The fallback table; the host's own unreadable is a warning, a given file an error."""
+    try:
+        table = ioports.load(path)
+    except OSError as e:
+        if path != ioports.PROC_IOPORTS:
+            raise CliError(f"cannot read {path}: {e.strerror}")
+        warn(f"cannot read {path} ({e.strerror}): DEVICE left empty")
+        return ioports.IoPorts([])
+    if table.all_zero:
+        warn(f"{path} shows every range as 0000-0000 (reading the real ranges needs root):"
+             " DEVICE left empty")
+    elif table.malformed:
+        warn(f"{path}: skipped {table.malformed} line(s) that are not 'start-end : name'")
+    return table
+
+
+class Naming:
+    """device(key) -> (name, source) and labels(key) -> row fields of a key."""
+
+    def __init__(self, devices, by="port", labeler=None, maps=None):
+        self.devices, self.by, self.labeler, self.maps = devices, by, labeler, maps
+
+    @property
+    def ticks(self):
+        """Whether names need a look every second while tracing (new VMs)."""
+        return bool(self.labeler or self.maps)
+
+    def tick(self):
+        if self.maps:
+            self.maps.scan()
+
+    def learn(self, snapshot):
+        """Name what is new in `snapshot` while it still runs."""
+        if self.labeler:
+            self.labeler.learn(snapshot)
+        if self.maps:
+            for key in snapshot.counts:
+                if len(key) > 2:
+                    self.maps.see(key[2])
+            self.maps.learn(snapshot)
+
+    def device(self, key):
+        return self.devices(key[1], key[2] if len(key) > 2 else None)
+
+    def labels(self, key):
+        return self.labeler(key) if self.labeler else {}
+
+
+def from_args(args, comms=None):
+    """The Naming of a run: `--device-map auto` reads VMs' maps while tracing
+    (`comms` given); --ioports FILE, else /proc/ioports, names the rest."""
+    source = HOST_IOPORTS if args.ioports == ioports.PROC_IOPORTS else IOPORTS_FILE
+    table = load_ioports(args.ioports)
+    tracing = comms is not None
+    maps = VmmMaps(args.pid) if tracing and args.device_map == "auto" else None
+    labeler = names.labeler(args.by, comms) if tracing else None
+    return Naming(DeviceNames(table, source, maps), args.by, labeler, maps)

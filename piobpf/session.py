@@ -1,0 +1,131 @@
+"""A tracing run's start, clock and end, shared by every front end.
+
+start() loads the counter and the run's naming; Session.run() keeps time:
+-d, the -i ticks, a look every second for names and progress, and SIGINT,
+SIGTERM to stop. A sink (printer, exporter, live screen) gets the snapshots.
+"""
+
+import os
+import select
+import signal
+import sys
+import time
+
+from . import naming
+from .snapshot import Snapshot
+
+SECOND = 1.0
+
+
+class Stopper:
+    """SIGINT/SIGTERM end the run; `wait` returns early when one arrives."""
+
+    def __init__(self):
+        self.stopped = False
+        self._r, w = os.pipe()
+        os.set_blocking(w, False)
+        signal.set_wakeup_fd(w)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._stop)
+
+    def _stop(self, signum, frame):
+        self.stopped = True
+
+    def wait(self, seconds):
+        """Sleep up to `seconds` (inf: until a signal)."""
+        if not self.stopped and seconds > 0:
+            timeout = None if seconds == float("inf") else seconds
+            if select.select([self._r], [], [], timeout)[0]:
+                os.read(self._r, 64)
+
+
+def describe(args):
+    """What is counted, for the start-up line: kvm:kvm_pio of PID 1 per VM and (direction, port)."""
+    of = f" of PID {', '.join(map(str, args.pid))}" if args.pid else ""
+    per = {"port": "", "vm": "VM and ", "vcpu": "vCPU and "}[args.by]
+    return f"kvm:kvm_pio{of} per {per}(direction, port)"
+
+
+def next_tick(tick, step, now):
+    """The first tick after `now` on the grid tick + k*step: no drift, no burst."""
+    return tick + step * (1 + int((now - tick) // step))
+
+
+class Session:
+    """A loaded counter and the names of its keys."""
+
+    def __init__(self, args):
+        from .kernel import PioCounter   # BCC only where tracing
+        self.args = args
+        self.stopper = Stopper()
+        # Load first: a missing privilege or header is the one line to show.
+        self.counter = PioCounter(attach=args.attach, max_entries=args.map_size, by=args.by,
+                                  pids=args.pid or ())
+        try:
+            self.naming = naming.from_args(args, self.counter.comms)
+        except BaseException:
+            self.counter.close()
+            raise
+
+    @property
+    def capacity(self):
+        """Keys the kernel map can hold."""
+        return self.counter.capacity
+
+    def read(self):
+        """The cumulative counts now, their new VMs named."""
+        snap = self.counter.read()
+        self.naming.learn(snap)
+        return snap
+
+    def run(self, interval, final, progress=False):
+        """Count until -d, Ctrl-C or SIGTERM; the last read comes after detach.
+
+        `interval(delta, seconds)` gets each -i interval, `final(snapshot,
+        seconds)` the whole run (or, with -i, the last partial interval).
+        Besides, once a second names learn of new VMs (the map is read for
+        that only with --by vm|vcpu, where keys hold pids) and progress shows."""
+        args = self.args
+        start = last_t = time.monotonic()
+        what = f"for {args.duration:g} s" if args.duration else "until Ctrl-C"
+        print(f"Tracing {describe(args)} {what}... Ctrl-C to end.", file=sys.stderr, flush=True)
+        never = float("inf")
+        deadline = start + args.duration if args.duration else never
+        report_at = start + args.interval if args.interval else never
+        second_at = start + SECOND if progress or self.naming.ticks else never
+        reads_each_second = progress or self.naming.labeler
+        last = Snapshot()
+        while not self.stopper.stopped:
+            self.stopper.wait(min(report_at, second_at, deadline) - time.monotonic())
+            now = time.monotonic()
+            if self.stopper.stopped or now >= deadline:
+                break
+            snap = None
+            if now >= report_at:
+                snap = self.read()
+                interval(snap - last, now - last_t)
+                last, last_t = snap, now
+                report_at = next_tick(report_at, args.interval, now)
+            if now >= second_at:
+                second_at = next_tick(second_at, SECOND, now)
+                self.naming.tick()
+                if reads_each_second:
+                    snap = snap or self.read()
+                    if progress:
+                        sys.stderr.write(f"\r{now - start:.0f}/{args.duration:g} s, "
+                                         f"{snap.total_events} events ")
+                        sys.stderr.flush()
+        self.counter.detach()
+        snap, end = self.read(), time.monotonic()
+        if progress:
+            sys.stderr.write("\r\033[K")
+        final(snap - last, end - last_t)
+
+    def close(self):
+        self.counter.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,91 @@
+"""QEMU's `info mtree -f -o` text to port names (pure, no root)."""
+
+from pathlib import Path
+
+import pytest
+
+from piobpf import mtree
+
+FIXTURES = Path(__file__).parent / "fixtures"
+# Real text: Debian's QEMU 7.2, SeaBIOS booted, virtio-blk disk0 (legacy),
+# virtio-net-pci net0, e1000 nic1, as answered through QMP.
+SEABIOS = (FIXTURES / "mtree-seabios-qmp.txt").read_text()
+
+
+@pytest.mark.parametrize("port,name", [
+    (0x92, "port92"),                   # owner without an id: the region's name
+    (0x1f7, "ide"),                     # a parent, no owner
+    (0x510, "fwcfg"), (0x514, "fwcfg.dma"),
+    (0xc000, "virtio-pci disk0"), (0xc07f, "virtio-pci disk0"),   # the BAR, by device id
+    (0xc080, "e1000-io nic1"),
+    (0xc0c0, "virtio-pci net0"),
+    (0x71, "rtc"),                      # "rtc @0000000000000001": an offset into the region
+    (0xcf9, "piix3-reset-control"),     # prio 1 inside pci-conf-idx: the flat view split it
+    (0xcf8, "pci-conf-idx"), (0xcfa, "pci-conf-idx"),
+    (0x3fd, mtree.UNASSIGNED),          # "io @...": the root region, no device
+    (0xffff, mtree.UNASSIGNED), (0x0, "dma-chan"),
+])
+def test_real_seabios_map(port, name):
+    assert mtree.parse(SEABIOS).lookup(port) == name
+
+
+def test_only_the_io_address_space_counts():
+    # The memory view comes first here and has its own 0x... ranges.
+    text = ("FlatView #0\n AS \"memory\", root: system\n Root memory region: system\n"
+            "  0000000000000000-000000000000ffff (prio 0, ram): pc.ram owner:{obj path=/x} KVM\n"
+            "\nFlatView #1\n AS \"I/O\", root: io\n Root memory region: io\n"
+            "  0000000000000000-0000000000000fff (prio 0, i/o): io @0 parent:{obj path=/m}\n"
+            "  0000000000001000-000000000000101f (prio 1, i/o): virtio-pci owner:{dev id=d}\n"
+            "\nFlatView #2\n AS \"PIIX3\", root: bus master container\n"
+            "  0000000000001000-000000000000ffff (prio 0, i/o): other\n")
+    m = mtree.parse(text)
+    assert m.lookup(0x10) == mtree.UNASSIGNED
+    assert m.lookup(0x1010) == "virtio-pci d"
+    assert m.lookup(0x2000) == mtree.UNASSIGNED
+
+
+def io(*lines):
+    return "FlatView #0\n AS \"I/O\", root: io\n Root memory region: io\n" + "".join(
+        f"  {line}\n" for line in lines)
+
+
+def test_nested_and_overlapping_regions_highest_priority_then_smallest():
+    m = mtree.parse(io(
+        "0000000000000000-000000000000ffff (prio 0, i/o): io",
+        "0000000000000100-00000000000001ff (prio 0, i/o): bus",
+        "0000000000000180-000000000000018f (prio 0, i/o): dev owner:{dev id=d1}",
+        "0000000000000188-00000000000001a0 (prio 2, i/o): hi",
+        "0000000000000100-000000000000010f (prio -1, i/o): low"))
+    assert [m.lookup(p) for p in (0x50, 0x100, 0x110, 0x180, 0x188, 0x1a0, 0x1a1, 0x200)] == [
+        mtree.UNASSIGNED, "bus", "bus", "dev d1", "hi", "hi", "bus", mtree.UNASSIGNED]
+
+
+@pytest.mark.parametrize("line,name", [
+    ("0000000000000060-0000000000000060 (prio 0, i/o): i8042-data owner:{dev path=/m/d[14]}",
+     "i8042-data"),
+    ("0000000000000060-0000000000000060 (prio 0, i/o): i8042-data owner:{ id=kbd}",
+     "i8042-data kbd"),                 # older QEMU: no "dev" before id=
+    ("0000000000000060-0000000000000060 (prio 0, i/o): vga ioports remapped owner:{dev id=v}",
+     "vga ioports remapped v"),         # names with spaces
+    ("0000000000000060-0000000000000060 (prio 0, i/o): cirrus-io owner:{dev id=cirrus-io}",
+     "cirrus-io"),                      # an id that repeats the name says it once
+    ("0000000000000060-0000000000000060 (prio 0, i/o): x owner:{dev id=a} parent:{obj path=/p}",
+     "x a"),
+    ("0000000000000060-0000000000000060 (prio 0, i/o): y orphan", "y"),
+    ("0000000000000060-0000000000000060 (prio 0, i/o): z", "z"),      # without -o
+    ("0000000000000060-0000000000000060 (prio 0, nv-i/o): w @0000000000000004", "w"),
+])
+def test_owner_forms(line, name):
+    assert mtree.parse(io(line)).lookup(0x60) == name
+
+
+@pytest.mark.parametrize("text", ["", "unknown command: 'info mtree'\r\n",
+                                  "FlatView #0\n AS \"memory\", root: system\n",
+                                  io("garbage")])
+def test_no_io_space_is_an_error(text):
+    with pytest.raises(ValueError):
+        mtree.parse(text)
+
+
+def test_crlf_lines_of_hmp():
+    assert mtree.parse(SEABIOS.replace("\n", "\r\n")).lookup(0xc0c0) == "virtio-pci net0"
