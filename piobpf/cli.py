@@ -40,12 +40,13 @@ def run_trace(args):
     with Session(args) as session:
         # Opened after loading: an -o FILE is not emptied by a run that cannot start.
         with open_output(args.output) as stream:
-            printer = Printer(stream, args.format, args.top, session.naming, args.by)
+            printer = Printer(stream, args.format, args.top, session.naming, args.by,
+                              on_failure=session.stopper.stop)
             interval = lambda snap, secs: printer.emit(snap, secs, interval=True)
             session.run(interval, interval if args.interval else printer.emit,
                         progress=bool(args.duration and not args.interval
                                       and sys.stderr.isatty()))
-    return 0
+    return 1 if printer.failed else 0
 
 
 def run_from_perf(args):
@@ -75,6 +76,7 @@ def run_compare(args):
     rows = compare.compare(a.snapshot, b.snapshot, name_of)
     with open_output(args.output) as stream:
         stream.write(compare.RENDER[args.format](rows, *args.compare, top=args.top))
+        stream.flush()
     return 1 if any(r.diff for r in rows) else 0
 
 
@@ -103,4 +105,7 @@ def main(argv=None):
         # Whoever read our output went away (`| head`): say so once, quietly exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         warn("output closed before all results were written (broken pipe)")
+        return failed
+    except OSError as e:        # writing a result of --compare or --from-perf
+        warn(f"cannot write {e.filename or 'the output'}: {e.strerror or e}")
         return failed

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 
 PROC_IOPORTS = "/proc/ioports"
+MAX_BYTES = 1 << 20     # /proc/ioports is a few KB; never read /dev/zero to the end
 
 _LINE = re.compile(r"^(?P<indent> *)(?P<start>[0-9a-fA-F]+)-(?P<end>[0-9a-fA-F]+) : (?P<name>.*)$")
 
@@ -62,6 +63,10 @@ def parse(text):
 
 
 def load(path=PROC_IOPORTS):
-    """Read and parse an ioports file; OSError propagates to the caller."""
+    """Read and parse an ioports file; OSError propagates to the caller, and
+    ValueError says when it is too large to be one."""
     with open(path, encoding="utf-8", errors="replace") as f:
-        return parse(f.read())
+        text = f.read(MAX_BYTES + 1)
+    if len(text) > MAX_BYTES:
+        raise ValueError(f"larger than {MAX_BYTES >> 20} MiB: not an ioports file")
+    return parse(text)

@@ -13,6 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .errors import warn
 from .snapshot import READ, WRITE, Counts, Snapshot
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
@@ -58,6 +59,7 @@ def find_tracefs():
             return path
     rc = os.system("mount -t tracefs nodev /sys/kernel/tracing >/dev/null 2>&1")
     if rc == 0 and os.path.isdir("/sys/kernel/tracing/events"):
+        warn("mounted tracefs on /sys/kernel/tracing (it was not mounted); it stays mounted")
         return "/sys/kernel/tracing"
     raise TraceError("tracefs is not mounted and cannot be mounted "
                      "(mount -t tracefs nodev /sys/kernel/tracing failed)")

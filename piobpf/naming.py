@@ -13,6 +13,8 @@ def load_ioports(path):
     """The fallback table; the host's own unreadable is a warning, a given file an error."""
     try:
         table = ioports.load(path)
+    except ValueError as e:
+        raise CliError(f"{path}: {e}")
     except OSError as e:
         if path != ioports.PROC_IOPORTS:
             raise CliError(f"cannot read {path}: {e.strerror}")

@@ -12,23 +12,28 @@ import sys
 import time
 
 from . import naming
+from .errors import warn
 from .snapshot import Snapshot
 
 SECOND = 1.0
 
 
 class Stopper:
-    """SIGINT/SIGTERM end the run; `wait` returns early when one arrives."""
+    """SIGINT, SIGTERM and SIGHUP (a closed ssh session) end the run, which
+    still reports what it counted; `wait` returns early when one arrives."""
 
     def __init__(self):
         self.stopped = False
         self._r, w = os.pipe()
         os.set_blocking(w, False)
         signal.set_wakeup_fd(w)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, self._stop)
 
     def _stop(self, signum, frame):
+        self.stop()
+
+    def stop(self):
         self.stopped = True
 
     def wait(self, seconds):
@@ -94,7 +99,7 @@ class Session:
         report_at = start + args.interval if args.interval else never
         second_at = start + SECOND if progress or self.naming.ticks else never
         reads_each_second = progress or self.naming.labeler
-        last = Snapshot()
+        last, slow = Snapshot(), False
         while not self.stopper.stopped:
             self.stopper.wait(min(report_at, second_at, deadline) - time.monotonic())
             now = time.monotonic()
@@ -106,6 +111,11 @@ class Session:
                 interval(snap - last, now - last_t)
                 last, last_t = snap, now
                 report_at = next_tick(report_at, args.interval, now)
+                took = time.monotonic() - now
+                if took > args.interval and not slow:
+                    slow = True
+                    warn(f"-i {args.interval:g} is shorter than a read of the kernel map "
+                         f"takes here ({took:.2f} s): intervals are that long or longer")
             if now >= second_at:
                 second_at = next_tick(second_at, SECOND, now)
                 self.naming.tick()

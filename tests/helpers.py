@@ -43,9 +43,9 @@ def piobpf_cmd(*args):
     return [PY, "-m", "piobpf", *args]
 
 
-def run(cmd, stdin=None, cwd=None):
+def run(cmd, stdin=None, cwd=None, env=ENV):
     """A command to its end, output captured."""
-    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, input=stdin,
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, input=stdin,
                           cwd=cwd, timeout=120)
 
 

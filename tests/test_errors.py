@@ -1,10 +1,16 @@
 """Bad input and broken environments: one line on stderr, non-zero exit."""
 
+import json
+import os
+import shutil
+import signal
 import subprocess
+import tempfile
 
 import pytest
 
-from helpers import PY, Traced, assert_one_line, needs_tracing, piobpf_cmd, run, run_guest
+from helpers import (ENV, MIXED, MIXED_EXPECTED, PY, REPO, Traced, assert_one_line, by_key,
+                     needs_tracing, piobpf_cmd, run, run_guest)
 
 
 @pytest.mark.parametrize("args,word", [
@@ -29,10 +35,23 @@ def test_bcc_missing_says_how_to_install():
     assert_one_line(run([PY, "-c", code]), 1, "python3-bpfcc")
 
 
+@pytest.fixture
+def readable_copy():
+    """The package in a world-readable folder: the clone may sit in a mode-700
+    home, which an unprivileged user cannot read."""
+    d = tempfile.mkdtemp()
+    os.chmod(d, 0o755)
+    for part in ("piobpf", "bpf"):
+        shutil.copytree(REPO / part, f"{d}/{part}", ignore=shutil.ignore_patterns("__pycache__"))
+    yield d
+    shutil.rmtree(d)
+
+
 @needs_tracing
-def test_not_root_says_which_privilege():
+def test_not_root_says_which_privilege(readable_copy):
     out = run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-               "--inh-caps=-all", *piobpf_cmd("-d", "1")], cwd="/")
+               "--inh-caps=-all", *piobpf_cmd("-d", "1")], cwd="/",
+              env=dict(ENV, PYTHONPATH=readable_copy))
     assert_one_line(out, 1, "root", "CAP_BPF")
 
 
@@ -78,3 +97,54 @@ def test_closed_pipe():
 def test_unreadable_ioports_file(tmp_path):
     out = run(piobpf_cmd("-d", "1", "--ioports", str(tmp_path / "none")))
     assert out.returncode == 1 and "cannot read" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_ioports_file_too_large_is_refused():
+    # /dev/zero never ends: read only what an ioports file can hold, then refuse.
+    out = run(piobpf_cmd("--from-perf", "/dev/null", "--ioports", "/dev/zero"))
+    assert_one_line(out, 1, "/dev/zero", "not an ioports file")
+
+
+@pytest.fixture
+def full_dir(tmp_path):
+    """A real tmpfs of one page, filled: every new write fails with ENOSPC."""
+    d = tmp_path / "full"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "none", str(d)], check=True)
+    try:
+        (d / "filler").write_bytes(b"x" * 4096)
+        yield d
+    finally:
+        subprocess.run(["umount", str(d)], check=True)
+
+
+@needs_tracing
+def test_full_disk_keeps_the_results(full_dir):
+    t = Traced("--format", "json", "-o", str(full_dir / "out.json"))
+    run_guest(*MIXED)
+    rc, out, err = t.stop()
+    assert rc == 1
+    assert err.splitlines() == [f"piobpf: cannot write {full_dir}/out.json: No space left "
+                                "on device; stopping, results on stdout"]
+    assert by_key(json.loads(out)["rows"]) == MIXED_EXPECTED
+
+
+@needs_tracing
+def test_full_disk_during_intervals_stops_with_what_was_counted(full_dir):
+    t = Traced("--format", "csv", "-i", "0.2", "-o", str(full_dir / "out.csv"))
+    # The first interval's write fails: piobpf ends the run by itself.
+    rc = t.proc.wait(timeout=60)
+    out, err = t.proc.stdout.read(), t.proc.stderr.read()
+    assert rc == 1
+    assert err.splitlines() == [f"piobpf: cannot write {full_dir}/out.csv: No space left "
+                                "on device; stopping, results on stdout"]
+    assert out.splitlines()[0].startswith("elapsed_s,direction,port,device")
+
+
+@needs_tracing
+def test_sighup_writes_what_was_counted(tmp_path):
+    t = Traced("--format", "json", "-o", str(tmp_path / "out.json"))
+    run_guest(*MIXED)
+    rc, _, err = t.stop(signal.SIGHUP)    # an ssh session closed under it
+    assert rc == 0, err
+    assert by_key(json.loads((tmp_path / "out.json").read_text())["rows"]) == MIXED_EXPECTED

@@ -83,3 +83,16 @@ def test_vm_table_json_csv_seed():
     assert formats.csv_text(r).splitlines()[0] == ("direction,port,device,device_source,"
                                                    "events,bytes,pid,vm")
     assert formats.seed(r).splitlines()[0] == "R:0x3fd          105"
+
+
+def test_table_escapes_control_characters_in_names():
+    snap = Snapshot({("read", 0x3fd, 10): Counts(5, 5)})
+    naming = fixed_naming({0x3fd: "ser\tial\x1b[2J"}, "vm",
+                          lambda k: {"pid": 10, "vm": "evil\nread   0x0001  fake"})
+    lines = formats.table(make_report(snap, 1.0, naming, by="vm")).splitlines()
+    assert len(lines) == 6      # header, rule, one row, blank, summary, footnote
+    assert "evil\\nread" in lines[2] and "ser\\tial\\x1b[2J" in lines[2]
+    assert not any(ch in "".join(lines) for ch in "\t\x1b")
+    # JSON keeps the names as they are: its own escaping is exact.
+    assert json.loads(formats.json_line(make_report(snap, 1.0, naming, by="vm")))["rows"][0][
+        "vm"] == "evil\nread   0x0001  fake"
