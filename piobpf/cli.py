@@ -89,8 +89,8 @@ def main(argv=None):
             failed = 2
             return run_compare(args)
         if args.prometheus:
-            from . import exporter   # prometheus_client is needed only here
-            return exporter.run(args)
+            from . import serve   # prometheus_client is needed only here
+            return serve.run(args)
         return run_from_perf(args) if args.from_perf else run_trace(args)
     except CliError as e:
         warn(e)

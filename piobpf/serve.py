@@ -1,0 +1,32 @@
+"""--prometheus: serve a tracing session's counters at /metrics until stopped."""
+
+import contextlib
+import sys
+import threading
+
+from .exporter import PioCollector, listen, where
+from .session import Session, describe
+
+
+def run(args):
+    """Serve until SIGINT/SIGTERM, then stop serving, then detach the program."""
+    host, port = args.prometheus
+    with contextlib.ExitStack() as undo:   # undone in reverse: server, collector, session
+        session = undo.enter_context(Session(args))
+        collector = PioCollector(session)
+        undo.callback(collector.close)
+        server = undo.enter_context(listen(host, port, collector))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            url = f"http://{where(host, port)}/metrics"
+            print(f"Serving {describe(args)} at {url}... Ctrl-C to end.",
+                  file=sys.stderr, flush=True)
+            ticks = session.naming.ticks
+            while not session.stopper.stopped:
+                # Scrapes may be minutes apart: look every second to name new VMs.
+                session.stopper.wait(1.0 if ticks else float("inf"))
+                if ticks:
+                    collector.learn()
+        finally:
+            server.shutdown()
+    return 0
