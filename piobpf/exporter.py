@@ -1,21 +1,18 @@
-"""--prometheus: serve the kernel's cumulative counts at /metrics.
+"""The Prometheus sink: a tracing session's cumulative counts as metrics.
 
 The map is read at each scrape, so every sample is exact and current, and as
 the map is never cleared the counters never go backwards. `families` (a
 snapshot to metric families) is pure and tested without root.
 """
 
-import contextlib
 import errno
 import socket
-import sys
 import threading
 from collections import defaultdict
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from .errors import CliError
-from .session import Session, describe
 from .snapshot import Counts
 
 try:
@@ -129,27 +126,3 @@ def listen(host, port, collector):
     except OSError as e:
         hint = " (not an address of this host)" if e.errno == errno.EADDRNOTAVAIL else ""
         raise CliError(f"cannot listen on {where(host, port)}: {e.strerror}{hint}") from None
-
-
-def run(args):
-    """Serve until SIGINT/SIGTERM, then stop serving, then detach the program."""
-    host, port = args.prometheus
-    with contextlib.ExitStack() as undo:   # undone in reverse: server, collector, session
-        session = undo.enter_context(Session(args))
-        collector = PioCollector(session)
-        undo.callback(collector.close)
-        server = undo.enter_context(listen(host, port, collector))
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        try:
-            url = f"http://{where(host, port)}/metrics"
-            print(f"Serving {describe(args)} at {url}... Ctrl-C to end.",
-                  file=sys.stderr, flush=True)
-            ticks = session.naming.ticks
-            while not session.stopper.stopped:
-                # Scrapes may be minutes apart: look every second to name new VMs.
-                session.stopper.wait(1.0 if ticks else float("inf"))
-                if ticks:
-                    collector.learn()
-        finally:
-            server.shutdown()
-    return 0
