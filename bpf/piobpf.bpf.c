@@ -1,38 +1,37 @@
 // piobpf: count kvm:kvm_pio events per (direction, port) in the kernel,
-// optionally per VMM process (PIOBPF_BY 1) or per vCPU thread (PIOBPF_BY 2).
+// optionally per VMM process (PIOBPF_KEY_TGID) and vCPU thread (PIOBPF_KEY_TID).
 //
-// Compiled by BCC. The front end passes parameters only as -D flags with
-// numeric values, so nothing it is given can become C code; PIDs to trace go
-// into the pids map after load.
+// Compiled by BCC. The front end (piobpf/kernel.py) passes every parameter
+// as a -D flag with a numeric value, so nothing it is given can become C
+// code, and each constant has one source, there; PIDs to trace go into the
+// pids map after load. kernel.py reads the layout of the structs below back
+// from the loaded program and refuses one it does not know.
 //
 // Counts are cumulative and never cleared: user space reads snapshots and
 // subtracts, so an event that lands while a read is under way is counted in
 // this interval or the next, never lost and never twice.
 
-#ifndef PIOBPF_MAX_ENTRIES
-#define PIOBPF_MAX_ENTRIES 131072   // keys of the hash (by VM or vCPU)
+#if !defined(PIOBPF_PORT_KEYS) || !defined(PIOBPF_MAX_ENTRIES) || !defined(PIOBPF_MAX_PIDS)
+#error "compile through piobpf/kernel.py, which defines the parameters"
 #endif
-#define PIOBPF_PORT_KEYS 131072     // 2 directions x 65536 ports
-#ifndef PIOBPF_BY
-#define PIOBPF_BY 0                 // 0: port, 1: + process (VM), 2: + thread (vCPU)
-#endif
-#define PIOBPF_MAX_PIDS 1024
+// PIOBPF_PORT_KEYS: 2 directions x 65536 ports; PIOBPF_MAX_ENTRIES: keys of
+// the hash (by VM or vCPU); PIOBPF_MAX_PIDS: processes -p can name.
 
 struct pio_key {
     u32 dirport;    // direction << 16 | port
-    u32 tgid;       // 0 unless PIOBPF_BY >= 1
-    u32 tid;        // 0 unless PIOBPF_BY == 2
+    u32 tgid;       // 0 unless PIOBPF_KEY_TGID
+    u32 tid;        // 0 unless PIOBPF_KEY_TID
 };
 
 struct pio_counts {
     u64 events;
     u64 bytes;
-#if PIOBPF_BY == 2
+#ifdef PIOBPF_KEY_TID
     char comm[16];  // the thread's name (QEMU: "CPU 3/KVM"), even after it exits
 #endif
 };
 
-#if PIOBPF_BY == 0
+#ifndef PIOBPF_KEY_TGID
 // By port the key space is small and fixed: an array indexed by the key,
 // which the verifier turns into pointer arithmetic (no hashing, half the
 // cost of a hash lookup here) and which can never be full.
@@ -50,7 +49,7 @@ BPF_HASH(pids, u32, u8, PIOBPF_MAX_PIDS);
 static __always_inline void count_pio(u32 rw, u32 port, u32 size, u32 count)
 {
     u32 dirport = (rw ? 0x10000 : 0) | (port & 0xffff);
-#if PIOBPF_BY || defined(PIOBPF_FILTER_PIDS)
+#if defined(PIOBPF_KEY_TGID) || defined(PIOBPF_FILTER_PIDS)
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
 #endif
@@ -58,20 +57,20 @@ static __always_inline void count_pio(u32 rw, u32 port, u32 size, u32 count)
     if (!pids.lookup(&tgid))
         return;
 #endif
-#if PIOBPF_BY == 0
+#ifndef PIOBPF_KEY_TGID
     struct pio_counts *c = counts.lookup(&dirport);
     if (!c)         // never: dirport < PIOBPF_PORT_KEYS; the verifier wants the check
         return;
 #else
     struct pio_key key = {.dirport = dirport, .tgid = tgid};
-#if PIOBPF_BY == 2
+#ifdef PIOBPF_KEY_TID
     key.tid = (u32)id;
 #endif
     struct pio_counts *c = counts.lookup(&key);
 
     if (!c) {
         struct pio_counts zero = {};
-#if PIOBPF_BY == 2
+#ifdef PIOBPF_KEY_TID
         bpf_get_current_comm(&zero.comm, sizeof(zero.comm));
 #endif
         // BPF_NOEXIST: when another CPU inserted the key first, keep its counts.

@@ -24,8 +24,15 @@ CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 ENOTSUPP = 524      # the kernel's own "not supported", absent from Python's errno
 BATCH = 4096        # map entries a batch lookup syscall reads
 ATTACH_MODES = ("auto", "raw", "classic")
-BY_MODES = ("port", "vm", "vcpu")   # PIOBPF_BY 0, 1, 2 in the BPF C
-MAX_PIDS = 1024                     # PIOBPF_MAX_PIDS in the BPF C
+MAX_PIDS = 1024                     # processes -p can name: the pids map's size
+# What each --by adds to the key, as the BPF C's -D switches.
+BY_KEYS = {"port": (), "vm": ("PIOBPF_KEY_TGID",), "vcpu": ("PIOBPF_KEY_TGID", "PIOBPF_KEY_TID")}
+BY_MODES = tuple(BY_KEYS)
+# The map's structs as this module reads them (by port the key is the array index).
+KEY_FIELDS = {"port": ("value",), "vm": ("dirport", "tgid", "tid"),
+              "vcpu": ("dirport", "tgid", "tid")}
+LEAF_FIELDS = {"port": ("events", "bytes"), "vm": ("events", "bytes"),
+               "vcpu": ("events", "bytes", "comm")}
 
 
 class TraceError(Exception):
@@ -121,6 +128,20 @@ def import_bcc():
     return bcc
 
 
+def layout(ctype, names):
+    """The struct module's format of a map's key or value type, as BCC built
+    it from the C; TraceError when its fields are not `names`, so a change to
+    the C's structs can never be misread silently."""
+    fields = getattr(ctype, "_fields_", None) or [("value", ctype)]
+    fmt = "@" + "".join(f"{t._length_}s" if issubclass(t, ctypes.Array) else t._type_
+                        for _, t in fields)
+    fmt += "x" * (ctypes.sizeof(ctype) - struct.calcsize(fmt))   # trailing padding
+    if tuple(n for n, _ in fields) != names or struct.calcsize(fmt) != ctypes.sizeof(ctype):
+        raise TraceError(f"the BPF program's map layout {fields} is not the {names} "
+                         "this piobpf reads: reinstall piobpf")
+    return fmt
+
+
 def load(bcc, path, cflags):
     """Compile and load; a failure is one line (clang's first error), not
     the pages clang writes to stderr."""
@@ -156,9 +177,10 @@ class PioCounter:
         bcc = import_bcc()
         check_headers()
         self.attach = choose_attach(attach, fields, bcc.BPF.support_raw_tracepoint())
-        self.by = BY_MODES.index(by)
-        self.capacity = max_entries if self.by else PORT_KEYS   # keys the map can hold
-        cflags = [f"-DPIOBPF_MAX_ENTRIES={int(max_entries)}", f"-DPIOBPF_BY={self.by}"]
+        self.by = by
+        self.capacity = max_entries if BY_KEYS[by] else PORT_KEYS   # keys the map can hold
+        cflags = [f"-DPIOBPF_PORT_KEYS={PORT_KEYS}", f"-DPIOBPF_MAX_ENTRIES={int(max_entries)}",
+                  f"-DPIOBPF_MAX_PIDS={MAX_PIDS}"] + [f"-D{k}" for k in BY_KEYS[by]]
         if self.attach == "classic":
             cflags.append("-DPIOBPF_CLASSIC")
         if pids:
@@ -166,6 +188,8 @@ class PioCounter:
         self._bpf = load(bcc, bpf_source_path(), cflags)
         self._counts = self._bpf["counts"]
         self._dropped = self._bpf["dropped"]
+        self._kfmt = layout(self._counts.Key, KEY_FIELDS[by])
+        self._vfmt = layout(self._counts.Leaf, LEAF_FIELDS[by])
         self._batch = True
         # Batch reads go through buffers of BATCH entries, allocated once.
         self._chunk = min(self._counts.max_entries, BATCH)
@@ -207,27 +231,27 @@ class PioCounter:
         """(dirport, tgid, tid, events, bytes, comm) for every map entry.
 
         By port the map is an array indexed by dirport; by VM or vCPU a hash
-        keyed by struct pio_key (three u32). Values are two u64, plus
-        comm[16] by vCPU."""
+        keyed by struct pio_key. Values are struct pio_counts (`layout`)."""
         batch = self._lookup_batch() if self._batch else None
         if batch is None:
             self._batch = False
             for k, v in self._counts.items():
-                ids = (k.value, 0, 0) if self.by == 0 else (k.dirport, k.tgid, k.tid)
+                ids = (k.value, 0, 0) if self.by == "port" else (k.dirport, k.tgid, k.tid)
                 yield ids + (v.events, v.bytes, getattr(v, "comm", b""))
             return
-        if self.by == 0:
-            keys = ((dirport, 0, 0) for (dirport,) in struct.iter_unpack("=I", batch[0]))
-        else:
-            keys = struct.iter_unpack("=III", batch[0])
-        comm = self.by == 2
-        for ids, value in zip(keys, struct.iter_unpack("=QQ16s" if comm else "=QQ", batch[1])):
-            yield ids + (value if comm else value + (b"",))
+        keys = struct.iter_unpack(self._kfmt, batch[0])
+        if self.by == "port":
+            keys = ((dirport, 0, 0) for (dirport,) in keys)
+        values = struct.iter_unpack(self._vfmt, batch[1])
+        if self.by != "vcpu":
+            values = (value + (b"",) for value in values)
+        for ids, value in zip(keys, values):
+            yield ids + value
 
     def read(self):
         """The cumulative counts now."""
         counts = {}
-        width = 2 + self.by
+        width = 2 + len(BY_KEYS[self.by])
         for dirport, tgid, tid, events, nbytes, comm in self._entries():
             if not events:
                 continue    # an array slot no event has touched

@@ -1,0 +1,42 @@
+"""The map's layout is read back from the loaded program, never assumed (pure)."""
+
+import ctypes
+import struct
+
+import pytest
+
+from piobpf.kernel import KEY_FIELDS, LEAF_FIELDS, TraceError, layout
+
+
+class Key(ctypes.Structure):
+    _fields_ = [("dirport", ctypes.c_uint), ("tgid", ctypes.c_uint), ("tid", ctypes.c_uint)]
+
+
+class Leaf(ctypes.Structure):
+    _fields_ = [("events", ctypes.c_ulong), ("bytes", ctypes.c_ulong),
+                ("comm", ctypes.c_char * 16)]
+
+
+class Padded(ctypes.Structure):
+    _fields_ = [("events", ctypes.c_ulong), ("bytes", ctypes.c_ulong), ("flag", ctypes.c_ubyte)]
+
+
+def test_formats_of_the_program_structs():
+    assert layout(Key, KEY_FIELDS["vcpu"]) == "@III"
+    assert layout(Leaf, LEAF_FIELDS["vcpu"]) == "@LL16s"
+    assert layout(ctypes.c_int, KEY_FIELDS["port"]) == "@i"    # the array's index
+    leaf = Leaf(5, 7, b"CPU 0/KVM")
+    assert struct.unpack(layout(Leaf, LEAF_FIELDS["vcpu"]), bytes(leaf)) == (
+        5, 7, b"CPU 0/KVM" + bytes(7))
+
+
+def test_trailing_padding_is_kept_in_the_record_size():
+    fmt = layout(Padded, ("events", "bytes", "flag"))
+    assert struct.calcsize(fmt) == ctypes.sizeof(Padded) == 24
+
+
+@pytest.mark.parametrize("ctype,names", [
+    (Key, KEY_FIELDS["port"]), (Leaf, LEAF_FIELDS["vm"]), (Padded, LEAF_FIELDS["vm"])])
+def test_a_changed_struct_is_refused(ctype, names):
+    with pytest.raises(TraceError, match="layout"):
+        layout(ctype, names)
