@@ -17,6 +17,7 @@ export DEBIAN_FRONTEND=noninteractive
 # /usr/bin/python3). The PyPI package named "bcc" is unrelated: never pip it.
 pkgs=(python3-bpfcc python3-tabulate python3-pytest python3-venv
       python3-prometheus-client prometheus linux-perf bpftrace)
+pkgs+=(qemu-system-x86)  # for the tests' real QEMU VMs; SeaBIOS comes as a dependency
 have_headers=0
 [ -e "/lib/modules/$kver/build/Makefile" ] && have_headers=1
 
