@@ -7,9 +7,9 @@ import pytest
 from piobpf import mtree
 
 FIXTURES = Path(__file__).parent / "fixtures"
-# Real text: Debian's QEMU 7.2, SeaBIOS booted, virtio-blk disk0 (legacy),
+# Real text, byte for byte (\r\n): Debian's QEMU 7.2, SeaBIOS booted, virtio-blk disk0 (legacy),
 # virtio-net-pci net0, e1000 nic1, as answered through QMP.
-SEABIOS = (FIXTURES / "mtree-seabios-qmp.txt").read_text()
+SEABIOS = (FIXTURES / "mtree-seabios.txt").read_text()
 
 
 @pytest.mark.parametrize("port,name", [
@@ -22,7 +22,8 @@ SEABIOS = (FIXTURES / "mtree-seabios-qmp.txt").read_text()
     (0x71, "rtc"),                      # "rtc @0000000000000001": an offset into the region
     (0xcf9, "piix3-reset-control"),     # prio 1 inside pci-conf-idx: the flat view split it
     (0xcf8, "pci-conf-idx"), (0xcfa, "pci-conf-idx"),
-    (0x3fd, mtree.UNASSIGNED),          # "io @...": the root region, no device
+    (0x3fd, "serial"),
+    (0x402, mtree.UNASSIGNED),          # "io @...": the root region, no device
     (0xffff, mtree.UNASSIGNED), (0x0, "dma-chan"),
 ])
 def test_real_seabios_map(port, name):
@@ -87,5 +88,17 @@ def test_no_io_space_is_an_error(text):
         mtree.parse(text)
 
 
-def test_crlf_lines_of_hmp():
-    assert mtree.parse(SEABIOS.replace("\n", "\r\n")).lookup(0xc0c0) == "virtio-pci net0"
+def test_plain_newlines_too():
+    assert mtree.parse(SEABIOS.replace("\r\n", "\n")).lookup(0xc0c0) == "virtio-pci net0"
+
+
+def test_without_owners():
+    # `info mtree -f` without -o: regions only, no ids to add.
+    m = mtree.parse((FIXTURES / "mtree-noowner.txt").read_text())
+    assert (m.lookup(0xc000), m.lookup(0x92)) == ("virtio-pci", "port92")
+
+
+def test_firmware_vm_bars_where_its_firmware_put_them():
+    m = mtree.parse((FIXTURES / "mtree-firmware.txt").read_text())
+    assert (m.lookup(0xc000), m.lookup(0xd03f), m.lookup(0xd040)) == (
+        "virtio-pci net0", "e1000-io nic1", mtree.UNASSIGNED)
