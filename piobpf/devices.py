@@ -28,6 +28,7 @@ MIN_GAP = 1.0       # seconds between two reads of one VM's map, at least
 REFRESH = 30.0      # seconds after which a map is read again anyway
 WORKERS = 4         # maps read at once
 CONFIG_DATA = range(0xCFC, 0xD00)
+CONFIG_WRITES = tuple((WRITE, port) for port in CONFIG_DATA)   # the keys worth a look
 VARIES = "varies: "
 
 

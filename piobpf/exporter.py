@@ -75,12 +75,10 @@ class PioCollector(Collector):
         self._lock = threading.Lock()
 
     def learn(self):
-        """Name the VMs that are new since the last read, while they run."""
+        """Name the VMs that are new since the last look, while they run."""
         with self._lock:
             if self._session:
-                self._session.naming.tick()
-                if self._session.naming.labeler:
-                    self._session.read()
+                self._session.look()
 
     def collect(self):
         with self._lock:

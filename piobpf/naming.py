@@ -3,7 +3,7 @@ from), and with --by vm|vcpu the VM and vCPU. The one place that decides
 which sources of names a run uses."""
 
 from . import ioports, names
-from .devices import HOST_IOPORTS, IOPORTS_FILE, DeviceNames, VmmMaps
+from .devices import CONFIG_WRITES, HOST_IOPORTS, IOPORTS_FILE, DeviceNames, VmmMaps
 from .errors import CliError, warn
 
 DEVICE_MAPS = ("auto", "host")
@@ -38,6 +38,14 @@ class Naming:
     def ticks(self):
         """Whether names need a look every second while tracing (new VMs)."""
         return bool(self.labeler or self.maps)
+
+    @property
+    def watch(self):
+        """What a look each second must read: "all" of the map (keys with pids
+        name VMs), else only the keys that may move a BAR, else nothing."""
+        if self.labeler:
+            return "all"
+        return CONFIG_WRITES if self.maps else ()
 
     def tick(self):
         if self.maps:

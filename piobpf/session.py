@@ -83,13 +83,23 @@ class Session:
         self.naming.learn(snap)
         return snap
 
+    def look(self, progress=False):
+        """The look of each second: new VMMs, and what names need to read.
+        Returns the snapshot when it read all of the map."""
+        self.naming.tick()
+        if progress or self.naming.watch == "all":
+            return self.read()
+        if self.naming.watch:
+            self.naming.learn(self.counter.read_keys(self.naming.watch))
+        return None
+
     def run(self, interval, final, progress=False):
         """Count until -d, Ctrl-C or SIGTERM; the last read comes after detach.
 
         `interval(delta, seconds)` gets each -i interval, `final(snapshot,
         seconds)` the whole run (or, with -i, the last partial interval).
-        Besides, once a second names learn of new VMs (the map is read for
-        that only with --by vm|vcpu, where keys hold pids) and progress shows."""
+        Besides, once a second names learn of new VMs and moved BARs (`look`)
+        and progress shows."""
         args = self.args
         start = last_t = time.monotonic()
         what = f"for {args.duration:g} s" if args.duration else "until Ctrl-C"
@@ -98,7 +108,6 @@ class Session:
         deadline = start + args.duration if args.duration else never
         report_at = start + args.interval if args.interval else never
         second_at = start + SECOND if progress or self.naming.ticks else never
-        reads_each_second = progress or self.naming.labeler
         last, slow = Snapshot(), False
         while not self.stopper.stopped:
             self.stopper.wait(min(report_at, second_at, deadline) - time.monotonic())
@@ -118,13 +127,14 @@ class Session:
                          f"takes here ({took:.2f} s): intervals are that long or longer")
             if now >= second_at:
                 second_at = next_tick(second_at, SECOND, now)
-                self.naming.tick()
-                if reads_each_second:
-                    snap = snap or self.read()
-                    if progress:
-                        sys.stderr.write(f"\r{now - start:.0f}/{args.duration:g} s, "
-                                         f"{snap.total_events} events ")
-                        sys.stderr.flush()
+                if snap:
+                    self.naming.tick()
+                else:
+                    snap = self.look(progress)
+                if progress:
+                    sys.stderr.write(f"\r{now - start:.0f}/{args.duration:g} s, "
+                                     f"{snap.total_events} events ")
+                    sys.stderr.flush()
         self.counter.detach()
         snap, end = self.read(), time.monotonic()
         if progress:

@@ -240,12 +240,13 @@ class QemuVM:
 
     monitor: one of MONITORS. `qmp` and `hmp` are -qmp/-monitor on a unix
     socket, `chardev-*` the same through -chardev socket and -mon, `none` no
-    socket at all (the harness talks to a -monitor on stdio).
+    socket at all (the harness talks to a -monitor on stdio). `extra`: more
+    QEMU arguments, paths relative to the VM's folder `dir`.
     """
 
     def __init__(self, name, monitor="qmp", devices=(virtio_net(0xC000, 1000),), ops=(),
-                 marker=MARKER):
-        args = ["-bios", "bios.bin"]
+                 marker=MARKER, extra=()):
+        args = ["-bios", "bios.bin", *extra]
         for d in devices:
             args += ["-device", d.arg()]
         self._launch(name, monitor, marker, {"bios.bin": firmware(devices, ops, marker)}, args)
