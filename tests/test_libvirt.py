@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import time
+import uuid
 from xml.etree import ElementTree
 
 import pytest
@@ -44,6 +45,7 @@ IN_NAMESPACE = ('mkdir -p /var/log/libvirt && mount --bind "$1" /etc/libvirt'
 # host network needed) without its option ROM, so nothing but SeaBIOS runs.
 DOMAIN_XML = """<domain type='kvm'>
   <name>{name}</name>
+  <uuid>{uuid}</uuid>
   <memory unit='MiB'>64</memory>
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type></os>
@@ -136,9 +138,11 @@ class Domain:
     """A transient domain and its QEMU process."""
 
     def __init__(self, daemon, name, paused=False, xml=DOMAIN_XML):
-        self.daemon, self.name = daemon, name
-        path = daemon.base / f"{name}.xml"
-        path.write_text(xml.format(name=name))
+        # virsh reads a number as an ID before a name: virsh is given the
+        # UUID, the domain's one unambiguous handle.
+        self.daemon, self.name, self.uuid = daemon, name, str(uuid.uuid4())
+        path = daemon.base / f"{self.uuid}.xml"
+        path.write_text(xml.format(name=name, uuid=self.uuid))
         out = virsh("create", *(["--paused"] if paused else []), str(path), timeout=60,
                     check=False)
         assert out.returncode == 0, f"virsh create: {out.stderr.strip()}\n{self.qemu_log()}"
@@ -158,15 +162,15 @@ class Domain:
         return tail(self.daemon.logs / "qemu" / f"{self.name}.log")
 
     def dumpxml(self):
-        return ElementTree.fromstring(virsh("dumpxml", self.name).stdout)
+        return ElementTree.fromstring(virsh("dumpxml", self.uuid).stdout)
 
     def hmp(self, command):
-        return virsh("qemu-monitor-command", "--hmp", self.name, command).stdout
+        return virsh("qemu-monitor-command", "--hmp", self.uuid, command).stdout
 
     def destroy(self):
         """Destroyed by libvirt, else killed; gone either way."""
         try:
-            virsh("destroy", self.name, check=False)
+            virsh("destroy", self.uuid, check=False)
         except subprocess.TimeoutExpired:
             pass
         deadline = time.monotonic() + 10
@@ -189,15 +193,17 @@ def domains(libvirtd):
     """Domain(name, paused) -> a Domain destroyed when the module ends."""
     made = []
 
-    def make(suffix, paused=False, xml=DOMAIN_XML):
-        made.append(Domain(libvirtd, f"piobpf-test-{os.getpid()}-{suffix}", paused, xml))
+    def make(suffix, paused=False, xml=DOMAIN_XML, name=None):
+        name = name or f"piobpf-test-{os.getpid()}-{suffix}"
+        made.append(Domain(libvirtd, name, paused, xml))
         return made[-1]
     yield make
     for dom in made:
         dom.destroy()
 
 
-IO_LINE = re.compile(r"^\s*([0-9a-f]+)-([0-9a-f]+) \(prio \d+, i/o\): (\S+) owner:\{dev id=([^}]+)\}")
+IO_LINE = re.compile(r"^\s*([0-9a-f]+)-([0-9a-f]+) \(prio \d+, i/o\): (\S+) "
+                     r"owner:\{dev id=([^}]+)\}")
 
 
 def io_devices(text):
@@ -242,7 +248,7 @@ def test_piobpf_names_a_libvirt_vms_ports_from_its_own_map(domains):
     dom = domains("e2e", paused=True)
     t = Traced("--format", "json", "--by", "vm", "-p", str(dom.pid))
     try:
-        virsh("resume", dom.name)
+        virsh("resume", dom.uuid)
         time.sleep(2)          # SeaBIOS: PCI enumeration, fw_cfg, then no boot device
     finally:
         rc, out, err = t.stop()
@@ -260,3 +266,4 @@ def test_piobpf_names_a_libvirt_vms_ports_from_its_own_map(domains):
     assert device[0x92] == "port92"
     assert device[0xcf8] == "pci-conf-idx"
     assert device[0xcfc] == "pci-conf-data"
+
