@@ -228,7 +228,8 @@ def booted(domains):
 
 
 def test_find_monitor_on_a_libvirt_command_line(booted):
-    assert qemucmd.find_monitor(booted.argv) == Monitor("libvirt", booted.name)
+    assert qemucmd.find_monitor(booted.argv) == Monitor("libvirt", booted.uuid)
+    assert qemucmd.qemu_name(booted.argv) == booted.name
 
 
 def test_map_read_through_libvirt_names_the_nic_by_its_alias(booted):
@@ -267,3 +268,14 @@ def test_piobpf_names_a_libvirt_vms_ports_from_its_own_map(domains):
     assert device[0xcf8] == "pci-conf-idx"
     assert device[0xcfc] == "pci-conf-data"
 
+
+def test_a_domain_named_as_another_ones_id_is_asked_for_its_own_map(booted, domains):
+    # virsh reads a domain argument as an ID first, then a UUID, then a name.
+    # This domain alone has a serial port: its map must name it.
+    other_id = virsh("domid", booted.uuid).stdout.strip()
+    dom = domains("numeric", paused=True, name=other_id,
+                  xml=DOMAIN_XML.replace("<memballoon", "<serial type='null'/><memballoon"))
+    alias = dom.dumpxml().find("devices/serial/alias").get("name")
+    assert mtree.parse(booted.hmp(monitor.QUERY)).lookup(0x3f8) == mtree.UNASSIGNED
+    answer = monitor.ask(qemucmd.find_monitor(dom.argv), dom.pid, timeout=30)
+    assert mtree.parse(answer).lookup(0x3f8) == f"serial {alias}"
