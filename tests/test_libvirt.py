@@ -21,6 +21,7 @@ import signal
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from xml.etree import ElementTree
 
 import pytest
@@ -176,7 +177,10 @@ class Domain:
         deadline = time.monotonic() + 10
         while self.pid and not _gone(self.pid, self.cmdline):
             if time.monotonic() > deadline:
-                os.kill(self.pid, signal.SIGKILL)
+                try:
+                    os.kill(self.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
                 deadline = time.monotonic() + 10
             time.sleep(0.05)
 
@@ -190,7 +194,7 @@ def libvirtd(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def domains(libvirtd):
-    """Domain(name, paused) -> a Domain destroyed when the module ends."""
+    """make(suffix, paused, xml, name) -> a Domain, destroyed when the module ends."""
     made = []
 
     def make(suffix, paused=False, xml=DOMAIN_XML, name=None):
@@ -198,8 +202,10 @@ def domains(libvirtd):
         made.append(Domain(libvirtd, name, paused, xml))
         return made[-1]
     yield make
-    for dom in made:
-        dom.destroy()
+    # At once: libvirt takes seconds over each.
+    with ThreadPoolExecutor(max(1, len(made))) as pool:
+        for done in [pool.submit(dom.destroy) for dom in made]:
+            done.result()
 
 
 IO_LINE = re.compile(r"^\s*([0-9a-f]+)-([0-9a-f]+) \(prio \d+, i/o\): (\S+) "
