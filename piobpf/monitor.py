@@ -8,7 +8,8 @@ does not greet, and the query gives up at its deadline.
 
 libvirt keeps its VMs' monitors for itself, so a libvirt VM is asked through
 `virsh qemu-monitor-command --hmp`, which libvirt logs as a "custom-monitor"
-taint of the domain.
+taint of the domain. The domain is given by its UUID: virsh would take a
+numeric name for another domain's ID.
 """
 
 import json

@@ -9,7 +9,9 @@ _ON = ("on", "yes", "true")
 @dataclass(frozen=True)
 class Monitor:
     protocol: str       # "qmp", "hmp" or "libvirt"
-    address: str        # the socket's path as QEMU sees it, or the libvirt domain
+    address: str        # the socket's path as QEMU sees it, or the libvirt domain:
+                        # its UUID where the command line has it (virsh reads a
+                        # number as a domain ID before a name), else its name
 
 
 def split_opts(value):
@@ -40,6 +42,14 @@ def qemu_name(argv):
     return None
 
 
+def qemu_uuid(argv):
+    """The VM's UUID from `-uuid UUID`; libvirt always passes one."""
+    for opt, value in options(argv):
+        if opt == "uuid":
+            return value or None
+    return None
+
+
 def _unix_server(spec):
     """The path of a `unix:PATH,server[=on],...` listening socket; None otherwise."""
     if not spec.startswith("unix:"):
@@ -57,6 +67,7 @@ def find_monitor(argv):
     is the long form. A socket QEMU connects out of (no `server`) is not ours
     to dial, nor is one libvirt passes as an fd."""
     opts = options(argv)
+    domain = qemu_uuid(argv) or qemu_name(argv)
     found, chardevs = [], {}
     for opt, value in opts:
         if opt in ("qmp", "qmp-pretty", "monitor"):
@@ -76,8 +87,8 @@ def find_monitor(argv):
         dev = chardevs.get(keys.get("chardev") or parts[0])
         if not dev:
             continue
-        if dev["id"] == LIBVIRT_MONITOR and qemu_name(argv):
-            found.append(Monitor("libvirt", qemu_name(argv)))
+        if dev["id"] == LIBVIRT_MONITOR and domain:
+            found.append(Monitor("libvirt", domain))
         elif dev.get("path") and dev.get("server") in _ON:
             found.append(Monitor("qmp" if keys.get("mode") == "control" else "hmp",
                                  dev["path"]))

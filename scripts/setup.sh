@@ -16,8 +16,13 @@ export DEBIAN_FRONTEND=noninteractive
 # BCC's Python bindings come from the distribution (python3-bpfcc, for
 # /usr/bin/python3). The PyPI package named "bcc" is unrelated: never pip it.
 pkgs=(python3-bpfcc python3-tabulate python3-pytest python3-venv
-      python3-prometheus-client prometheus linux-perf bpftrace)
-pkgs+=(qemu-system-x86)  # for the tests' real QEMU VMs; SeaBIOS comes as a dependency
+      python3-prometheus-client prometheus linux-perf bpftrace
+      # QEMU (SeaBIOS comes as a dependency) for the tests' real VMs, and
+      # libvirt (daemon, its QEMU driver, virsh) for their libvirt-managed VM.
+      # Not libvirt-daemon-system: it would upgrade systemd and add iptables
+      # and a default network, none of it used (the tests run libvirtd with a
+      # configuration of their own).
+      qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
 have_headers=0
 [ -e "/lib/modules/$kver/build/Makefile" ] && have_headers=1
 
@@ -39,6 +44,18 @@ fi
 if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]}"
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# libvirtd's QEMU driver looks up its default user and group, libvirt-qemu,
+# when it starts, even where qemu.conf names others: created here as
+# libvirt-daemon-system's postinst does (user in group kvm, own group too).
+if ! getent passwd libvirt-qemu >/dev/null || ! getent group libvirt-qemu >/dev/null; then
+    say "creating the libvirt-qemu user and group"
+    getent group kvm >/dev/null || groupadd --system kvm
+    getent passwd libvirt-qemu >/dev/null || useradd --system --gid kvm --no-create-home \
+        --home-dir /var/lib/libvirt --shell /usr/sbin/nologin --comment "Libvirt Qemu" libvirt-qemu
+    getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
+    usermod -a -G libvirt-qemu libvirt-qemu
 fi
 
 # Kernel headers. A custom kernel has no matching package: BCC then compiles

@@ -8,6 +8,13 @@ from piobpf.qemucmd import Monitor
 Q = ["qemu-system-x86_64", "-m", "64"]
 
 
+def test_qemu_uuid():
+    assert qemucmd.qemu_uuid(["qemu", "-uuid", "4b98d0aa-376f-48a3-8e69-7c7f90789604",
+                              "-name", "x"]) == "4b98d0aa-376f-48a3-8e69-7c7f90789604"
+    assert qemucmd.qemu_uuid(["qemu", "-name", "x"]) is None
+    assert qemucmd.qemu_uuid(["qemu", "-uuid"]) is None
+
+
 def test_qemu_name():
     assert qemucmd.qemu_name(["qemu", "-name", "guest=web1,debug-threads=on"]) == "web1"
     assert qemucmd.qemu_name(["qemu", "-name", "db2"]) == "db2"
@@ -40,6 +47,12 @@ def test_qemu_name():
     (["-name", "guest=web1,debug-threads=on",
       "-chardev", "socket,id=charmonitor,fd=28,server=on,wait=off",
       "-mon", "chardev=charmonitor,id=monitor,mode=control"], Monitor("libvirt", "web1")),
+    # ... by UUID where there is one (always, from libvirt): virsh reads "7"
+    # as the ID of whichever domain has it, before the domain named "7".
+    (["-name", "guest=7,debug-threads=on", "-uuid", "4b98d0aa-376f-48a3-8e69-7c7f90789604",
+      "-chardev", "socket,id=charmonitor,fd=24,server=on,wait=off",
+      "-mon", "chardev=charmonitor,id=monitor,mode=control"],
+     Monitor("libvirt", "4b98d0aa-376f-48a3-8e69-7c7f90789604")),
     # Nothing to dial: QEMU is the client, or not a unix socket, or no -mon.
     (["-qmp", "unix:/run/q.sock"], None),
     (["-qmp", "tcp:127.0.0.1:4444,server=on"], None),
