@@ -110,3 +110,16 @@ def test_from_perf_missing_file():
     out = run_piobpf("--from-perf", "/nonexistent/pio_stat")
     assert out.returncode == 1
     assert out.stderr == "piobpf: cannot read /nonexistent/pio_stat: No such file or directory\n"
+
+
+def test_compare_names_ports_as_the_trace_did(tmp_path):
+    # A trace's JSON carries the names its VMs' maps gave: --compare shows
+    # those, not what the host's /proc/ioports says of the port.
+    row = {"direction": "read", "port": 0xC040, "device": "virtio-pci net0",
+           "device_source": "vmm", "events": 7, "bytes": 28}
+    for name in ("a.json", "b.json"):
+        (tmp_path / name).write_text(json.dumps(
+            {"duration_s": 1.0, "total_events": 7, "dropped_events": 0, "rows": [row]}))
+    out = run_piobpf("--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[2].split()[:4] == ["read", "0xc040", "virtio-pci", "net0"]

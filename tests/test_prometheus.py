@@ -19,6 +19,7 @@ import pytest
 from helpers import (ENV, HeldGuest, assert_one_line, free_port, needs_tracing, piobpf_cmd,
                      run_piobpf)
 from piobpf import ioports
+from qemuvm import QemuVM, virtio_net
 
 PROMETHEUS = "/usr/bin/prometheus"
 TIMEOUT = 60
@@ -224,3 +225,21 @@ def test_address_not_of_this_host_is_one_line():
 
 def test_bad_address_is_one_line():
     assert_one_line(run_piobpf("--prometheus", "300.1.2.3:9435"), 2, "not an IP address")
+
+
+@pytest.mark.parametrize("by", ["port", "vm"])
+def test_device_label_names_the_vms_own_device(running, prometheus, by):
+    # The same names as the printed rows: from the QEMU VM's monitor, read by
+    # a real Prometheus server.
+    with QemuVM(f"prom-{by}", "qmp", (virtio_net(0xC040, 700),)) as vm:
+        exporter = Exporter(running, "--by", by, "-p", str(vm.pid))
+        url = prometheus(exporter.target)
+        vm.start()
+        vm.wait_done()
+        query = 'piobpf_pio_events_total{port="0xc040"}'
+        result = wait_for("the VM's device in the label", lambda: [
+            r for r in json.loads(get(f"{url}/api/v1/query?query="
+                                      + urllib.parse.quote(query)))["data"]["result"]
+            if r["metric"]["device"] == "virtio-pci net0"])
+        assert result[0]["value"][1] == "700"
+        exporter.stop()
