@@ -1,19 +1,9 @@
 import json
 
 from helpers import fixed_naming
-from piobpf import formats, names, qemucmd
+from piobpf import formats, names
 from piobpf.report import make_report
 from piobpf.snapshot import Counts, Snapshot
-
-
-def test_qemu_name_forms():
-    assert qemucmd.qemu_name(["qemu", "-name", "guest=web1,debug-threads=on"]) == "web1"
-    assert qemucmd.qemu_name(["qemu", "-name", "db2"]) == "db2"
-    assert qemucmd.qemu_name(["qemu", "-name", "db2,process=qemu:db2"]) == "db2"
-    assert qemucmd.qemu_name(["qemu", "-name", "process=x,guest=a,,b"]) == "a,b"
-    assert qemucmd.qemu_name(["qemu", "-m", "1G"]) is None
-    assert qemucmd.qemu_name(["qemu", "-name"]) is None
-    assert qemucmd.qemu_name(["qemu", "-name", "debug-threads=on"]) is None
 
 
 def test_vcpu_index():
