@@ -7,19 +7,21 @@
 // pids map after load. kernel.py reads the layout of the structs below back
 // from the loaded program and refuses one it does not know.
 //
-// Counts are cumulative and never cleared: user space reads snapshots and
-// subtracts, so an event that lands while a read is under way is counted in
-// this interval or the next, never lost and never twice.
+// Counts are cumulative and never cleared while they can grow: user space
+// reads snapshots and subtracts, so an event that lands while a read is
+// under way is counted in this interval or the next, never lost and never
+// twice. By VM or vCPU, the counts of a VM whose process has exited are
+// final; user space moves them out of the map (kernel.py: evict).
 
 #if !defined(PIOBPF_PORT_KEYS) || !defined(PIOBPF_MAX_ENTRIES) || !defined(PIOBPF_MAX_PIDS)
 #error "compile through piobpf/kernel.py, which defines the parameters"
 #endif
-// PIOBPF_PORT_KEYS: 2 directions x 65536 ports; PIOBPF_MAX_ENTRIES: keys of
-// the hash (by VM or vCPU); PIOBPF_MAX_PIDS: processes -p can name.
+// PIOBPF_PORT_KEYS: 2 directions x 65536 ports; PIOBPF_MAX_ENTRIES: keys
+// by VM or vCPU; PIOBPF_MAX_PIDS: processes -p can name.
 
 struct pio_key {
     u32 dirport;    // direction << 16 | port
-    u32 tgid;       // 0 unless PIOBPF_KEY_TGID
+    u32 vm;         // the VM's id in vms (by VM or vCPU), else 0
     u32 tid;        // 0 unless PIOBPF_KEY_TID
 };
 
@@ -31,60 +33,234 @@ struct pio_counts {
 #endif
 };
 
+// Events whose key could not be counted (map full): reported, not hidden.
+BPF_ARRAY(dropped, u64, 1);
+#ifdef PIOBPF_FILTER_PIDS
+BPF_HASH(pids, u32, u8, PIOBPF_MAX_PIDS);
+#endif
+
+static __always_inline void drop(void)
+{
+    u32 zero = 0;
+    u64 *d = dropped.lookup(&zero);
+    if (d)
+        __sync_fetch_and_add(d, 1);
+}
+
 #ifndef PIOBPF_KEY_TGID
 // By port the key space is small and fixed: an array indexed by the key,
 // which the verifier turns into pointer arithmetic (no hashing, half the
 // cost of a hash lookup here) and which can never be full.
 BPF_ARRAY(counts, struct pio_counts, PIOBPF_PORT_KEYS);
 #else
-// A preallocated hash: inserts below max_entries cannot fail for memory.
-BPF_HASH(counts, struct pio_key, struct pio_counts, PIOBPF_MAX_ENTRIES);
+#if !defined(PIOBPF_MAX_VMS) || !defined(PIOBPF_RECENT) || !defined(PIOBPF_TASK_GROUP_LEADER) \
+    || !defined(PIOBPF_TASK_START_BOOTTIME) || !defined(PIOBPF_TASK_SIGNAL) \
+    || !defined(PIOBPF_SIGNAL_LIVE)
+#error "compile through piobpf/kernel.py, which defines the parameters"
 #endif
-// Events whose key could not be inserted (map full): reported, not hidden.
-BPF_ARRAY(dropped, u64, 1);
+// PIOBPF_MAX_VMS: VMM processes at once; PIOBPF_RECENT: a CPU's remembered
+// keys; PIOBPF_TASK_* and PIOBPF_SIGNAL_LIVE: byte offsets of those fields
+// of task_struct and signal_struct, from the running kernel's BTF (its
+// headers may be another version's).
+
+// A VM is a process, not a pid: a pid recycled for a new process is a new
+// VM, with a new id and keys of its own.
+struct vm {
+    u32 tgid;
+    u32 exited;     // set when its last thread exits: its counts are final
+    u64 start;      // the process's start, ns after boot (as /proc/PID/stat's, in ticks)
+};
+
+// Keys by VM or vCPU live in a hash, but the counts in an array: each key
+// gets a slot of counts when first seen, and each CPU remembers the slots
+// of its recent keys, so most events find their counts by array index, as
+// by port, without hashing.
+struct recent {
+    u64 thread;     // pid_tgid of the event, the tid part 0 unless PIOBPF_KEY_TID
+    u32 dirport;
+    u32 slot;
+    u32 epoch;      // valid while epoch[0] is this
+};
+
+BPF_ARRAY(counts, struct pio_counts, PIOBPF_MAX_ENTRIES);   // indexed by slot
+BPF_HASH(slots, struct pio_key, u32, PIOBPF_MAX_ENTRIES);   // key -> slot
+BPF_STACK(spare, u32, PIOBPF_MAX_ENTRIES);                  // free slots, from user space
+BPF_HASH(live, u32, u32, PIOBPF_MAX_VMS);                   // tgid -> VM id, while it runs
+BPF_HASH(vms, u32, struct vm, PIOBPF_MAX_VMS);              // VM id -> process, until evicted
+// Bumped when a VM exits: every CPU's recent slots are then stale, so none
+// outlives the process it was for (its pid may be recycled next). 0 until
+// user space has filled spare and sets 1: nothing is counted before.
+BPF_ARRAY(epoch, u32, 1);
+BPF_PERCPU_ARRAY(recent, struct recent, PIOBPF_RECENT);
+// A VM came or went: wakes user space, which then reads vms. A full ring
+// loses nothing: it is full of rings not yet drained, so user space wakes.
+BPF_RINGBUF_OUTPUT(doorbell, 1);
+
+static __always_inline u64 read_u64(u64 addr)
+{
+    u64 value = 0;
+    bpf_probe_read_kernel(&value, sizeof(value), (void *)addr);
+    return value;
+}
+
+// True when the current task is the last of its process to exit: then no
+// thread of it can count any more.
+static __always_inline bool group_dead(void)
+{
+    u64 signal = read_u64(bpf_get_current_task() + PIOBPF_TASK_SIGNAL);
+    int live_threads = 1;
+    bpf_probe_read_kernel(&live_threads, sizeof(live_threads),
+                          (void *)(signal + PIOBPF_SIGNAL_LIVE));
+    return live_threads == 0;
+}
+
+// A process exits. A raw tracepoint: it runs in the exiting task, and it
+// cannot hide the event from a perf session. Attached with the counting
+// program, which counts nothing until user space starts it (epoch), so no
+// exit of a counted process goes unseen.
+RAW_TRACEPOINT_PROBE(sched_process_exit)
+{
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u32 *vm = live.lookup(&tgid);
 #ifdef PIOBPF_FILTER_PIDS
-BPF_HASH(pids, u32, u8, PIOBPF_MAX_PIDS);
+    if (!vm && !pids.lookup(&tgid))
+        return 0;
+#else
+    if (!vm)
+        return 0;
+#endif
+    if (!group_dead())
+        return 0;
+#ifdef PIOBPF_FILTER_PIDS
+    pids.delete(&tgid);     // -p named this process, not whatever gets its pid next
+#endif
+    if (!vm)
+        return 0;
+    u32 id = *vm, zero = 0;
+    live.delete(&tgid);     // the next process with this pid is a new VM
+    u32 *e = epoch.lookup(&zero);
+    if (e)
+        __sync_fetch_and_add(e, 1);
+    // Then, and only then, user space may take its keys' slots back.
+    struct vm *v = vms.lookup(&id);
+    if (v)
+        v->exited = 1;
+    doorbell.ringbuf_output(&tgid, sizeof(tgid), 0);
+    return 0;
+}
+
+// The id of this process's VM; a new one on its first event.
+static __always_inline u32 *vm_of(u32 tgid)
+{
+    u32 *vm = live.lookup(&tgid);
+    if (vm)
+        return vm;
+    u64 leader = read_u64(bpf_get_current_task() + PIOBPF_TASK_GROUP_LEADER);
+    struct vm new = {.tgid = tgid, .start = read_u64(leader + PIOBPF_TASK_START_BOOTTIME)};
+    // A random id that no VM in vms holds (BCC's compiler cannot return a
+    // counter's old value from an atomic add). Inserting it claims it.
+    u32 id = bpf_get_prandom_u32();
+    if (vms.insert(&id, &new)) {
+        id = bpf_get_prandom_u32();
+        if (vms.insert(&id, &new))
+            return 0;
+    }
+    if (live.insert(&tgid, &id) == 0)
+        doorbell.ringbuf_output(&tgid, sizeof(tgid), 0);
+    else
+        vms.delete(&id);    // another CPU's event of this process came first
+    return live.lookup(&tgid);
+}
+
+// The key of this event for every map keyed like counts: (direction, port),
+// the VM and, by vCPU, the thread. False when it is not counted (filtered
+// out, or no room for a new VM: then counted as dropped).
+static __always_inline bool pio_key(struct pio_key *key, u32 dirport, u64 id)
+{
+    u32 tgid = id >> 32;
+#ifdef PIOBPF_FILTER_PIDS
+    if (!pids.lookup(&tgid))
+        return false;
+#endif
+    u32 *vm = vm_of(tgid);
+    if (!vm) {
+        drop();
+        return false;
+    }
+    key->dirport = dirport;
+    key->vm = *vm;
+#ifdef PIOBPF_KEY_TID
+    key->tid = (u32)id;
+#endif
+    return true;
+}
+
+// The slot of counts that `key` has, or a spare one it takes now.
+static __always_inline u32 *slot_of(struct pio_key *key)
+{
+    u32 *slot = slots.lookup(key);
+    if (slot)
+        return slot;
+    u32 fresh;
+    if (spare.pop(&fresh))
+        return 0;           // every slot taken: the map is full
+#ifdef PIOBPF_KEY_TID
+    struct pio_counts *c = counts.lookup(&fresh);
+    if (c)
+        bpf_get_current_comm(&c->comm, sizeof(c->comm));
+#endif
+    if (slots.insert(key, &fresh))
+        spare.push(&fresh, 0);  // another CPU gave the key a slot first
+    return slots.lookup(key);
+}
 #endif
 
 static __always_inline void count_pio(u32 rw, u32 port, u32 size, u32 count)
 {
     u32 dirport = (rw ? 0x10000 : 0) | (port & 0xffff);
-#if defined(PIOBPF_KEY_TGID) || defined(PIOBPF_FILTER_PIDS)
-    u64 id = bpf_get_current_pid_tgid();
-    u32 tgid = id >> 32;
-#endif
+#ifndef PIOBPF_KEY_TGID
 #ifdef PIOBPF_FILTER_PIDS
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
     if (!pids.lookup(&tgid))
         return;
 #endif
-#ifndef PIOBPF_KEY_TGID
     struct pio_counts *c = counts.lookup(&dirport);
-    if (!c)         // never: dirport < PIOBPF_PORT_KEYS; the verifier wants the check
-        return;
 #else
-    struct pio_key key = {.dirport = dirport, .tgid = tgid};
+    u64 id = bpf_get_current_pid_tgid();
 #ifdef PIOBPF_KEY_TID
-    key.tid = (u32)id;
+    u64 thread = id;
+#else
+    u64 thread = id >> 32 << 32;
 #endif
-    struct pio_counts *c = counts.lookup(&key);
-
-    if (!c) {
-        struct pio_counts zero = {};
-#ifdef PIOBPF_KEY_TID
-        bpf_get_current_comm(&zero.comm, sizeof(zero.comm));
-#endif
-        // BPF_NOEXIST: when another CPU inserted the key first, keep its counts.
-        counts.insert(&key, &zero);
-        c = counts.lookup(&key);
-        if (!c) {
-            u32 idx = 0;
-            u64 *d = dropped.lookup(&idx);
-            if (d)
-                __sync_fetch_and_add(d, 1);
+    u32 way = (dirport ^ (u32)id) % PIOBPF_RECENT, zero = 0;
+    struct recent *r = recent.lookup(&way);
+    u32 *e = epoch.lookup(&zero);
+    if (!r || !e)
+        return;
+    u32 now = *e, slot;
+    if (!now)
+        return;     // not started (so entries of epoch 0 match nothing)
+    if (r->thread == thread && r->dirport == dirport && r->epoch == now) {
+        slot = r->slot;
+    } else {
+        struct pio_key key = {};
+        if (!pio_key(&key, dirport, id))
+            return;
+        u32 *s = slot_of(&key);
+        if (!s) {
+            drop();
             return;
         }
+        slot = *s;
+        r->thread = thread;
+        r->dirport = dirport;
+        r->slot = slot;
+        r->epoch = now;
     }
+    struct pio_counts *c = counts.lookup(&slot);
 #endif
+    if (!c)         // never: the index is below the array's size; the verifier wants the check
+        return;
     __sync_fetch_and_add(&c->events, 1);
     __sync_fetch_and_add(&c->bytes, (u64)size * count);
 }
