@@ -113,8 +113,9 @@ def running(name, tmp):
 
 
 def start(name, tmp):
-    if name == "piobpf":
-        return Tracer(name, [PY, "-m", "piobpf", "--format", "json"], "stderr")
+    if name.startswith("piobpf"):     # "piobpf --by vm": its options follow
+        return Tracer(name, [PY, "-m", "piobpf", "--format", "json", *name.split()[1:]],
+                      "stderr")
     if name == "floor (empty BPF)":
         return Tracer(name, FLOOR_CMD, "stderr", stdin=subprocess.PIPE)
     if name == "bpftrace":
@@ -148,6 +149,18 @@ def bpf_costs(names, ops, tmp):
     finally:
         stats.write_text(was)
     return costs
+
+
+def costs_by_mode(ops, tmp, rounds):
+    """ns per event of piobpf's program by port, VM and vCPU, and of the floor:
+    medians of interleaved runs, as they differ by less than single runs scatter."""
+    names = ["floor (empty BPF)"] + [f"piobpf --by {by}" for by in ("port", "vm", "vcpu")]
+    runs = {name: [] for name in names}
+    for rnd in range(rounds):
+        turn = names[rnd % len(names):] + names[:rnd % len(names)]
+        for name, ns in bpf_costs(turn, ops, tmp).items():
+            runs[name].append(ns)
+    return {name: statistics.median(ns) for name, ns in runs.items()}
 
 
 def perf_pipeline(tracer, events_hint):
@@ -235,6 +248,7 @@ def main():
                       file=sys.stderr, flush=True)
         extra["bpf_ns_per_event"] = bpf_costs([t for t in tracers if t != "perf record"],
                                               args.ops, tmp)
+        extra["bpf_ns_per_event_by_mode"] = costs_by_mode(args.ops, tmp, args.rounds)
         extra.update(full_map_read())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -261,6 +275,8 @@ def main():
     print(tabulate([[k, v] for k, v in result.items()
                     if not isinstance(v, dict) and k not in ("throughput_ratios",)],
                    tablefmt="plain"))
+    print("\nBPF ns/event by mode (medians of interleaved runs): " + ", ".join(
+        f"{name} {ns:.1f}" for name, ns in result["bpf_ns_per_event_by_mode"].items()))
     print(f"\nJSON: {args.output}", file=sys.stderr)
 
 

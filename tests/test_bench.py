@@ -17,6 +17,8 @@ def test_bench_smoke_produces_its_figures(tmp_path):
                                           "perf record"}
     assert all(v > 0 for v in r["throughput_ratio"].values())
     assert {"piobpf", "floor (empty BPF)", "bpftrace"} <= set(r["bpf_ns_per_event"])
+    assert set(r["bpf_ns_per_event_by_mode"]) == {"floor (empty BPF)", "piobpf --by port",
+                                                 "piobpf --by vm", "piobpf --by vcpu"}
     assert r["full_map_keys"] == 131072
     for figure in ("untraced_events_per_s", "startup_s", "peak_rss_mb", "bpf_maps_bytes",
                    "bpf_maps_bytes_at_256_cpus", "full_map_read_s",
