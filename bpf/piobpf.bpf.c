@@ -87,9 +87,10 @@ BPF_HASH(slots, struct pio_key, u32, PIOBPF_MAX_ENTRIES);   // key -> slot
 BPF_STACK(spare, u32, PIOBPF_MAX_ENTRIES);                  // free slots, from user space
 BPF_HASH(live, u32, u32, PIOBPF_MAX_VMS);                   // tgid -> VM id, while it runs
 BPF_HASH(vms, u32, struct vm, PIOBPF_MAX_VMS);              // VM id -> process, until evicted
-// Bumped when a VM exits: every CPU's recent slots are then stale, so none
-// outlives the process it was for (its pid may be recycled next). 0 until
-// user space has filled spare and sets 1: nothing is counted before.
+// Bumped (by 2: odd, never 0) when a VM exits: every CPU's recent slots are
+// then stale, so none outlives the process it was for (its pid may be
+// recycled next). 0 until user space has filled spare and sets 1: nothing
+// is counted before.
 BPF_ARRAY(epoch, u32, 1);
 BPF_PERCPU_ARRAY(recent, struct recent, PIOBPF_RECENT);
 // A VM came or went: wakes user space, which then reads vms. A full ring
@@ -140,7 +141,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exit)
     live.delete(&tgid);     // the next process with this pid is a new VM
     u32 *e = epoch.lookup(&zero);
     if (e)
-        __sync_fetch_and_add(e, 1);
+        __sync_fetch_and_add(e, 2);
     // Then, and only then, user space may take its keys' slots back.
     struct vm *v = vms.lookup(&id);
     if (v)
@@ -215,16 +216,20 @@ static __always_inline u32 *slot_of(struct pio_key *key)
 }
 #endif
 
-static __always_inline void count_pio(u32 rw, u32 port, u32 size, u32 count)
+// The index of this event's counts in counts, and in every array keyed like
+// it: by port the (direction, port) itself, by VM or vCPU the slot of its
+// key. False when the event is not counted.
+static __always_inline bool pio_slot(u32 *slot, u32 rw, u32 port)
 {
     u32 dirport = (rw ? 0x10000 : 0) | (port & 0xffff);
 #ifndef PIOBPF_KEY_TGID
 #ifdef PIOBPF_FILTER_PIDS
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     if (!pids.lookup(&tgid))
-        return;
+        return false;
 #endif
-    struct pio_counts *c = counts.lookup(&dirport);
+    *slot = dirport;
+    return true;
 #else
     u64 id = bpf_get_current_pid_tgid();
 #ifdef PIOBPF_KEY_TID
@@ -236,29 +241,36 @@ static __always_inline void count_pio(u32 rw, u32 port, u32 size, u32 count)
     struct recent *r = recent.lookup(&way);
     u32 *e = epoch.lookup(&zero);
     if (!r || !e)
-        return;
-    u32 now = *e, slot;
+        return false;
+    u32 now = *e;
     if (!now)
-        return;     // not started (so entries of epoch 0 match nothing)
+        return false;   // not started (so entries of epoch 0 match nothing)
     if (r->thread == thread && r->dirport == dirport && r->epoch == now) {
-        slot = r->slot;
-    } else {
-        struct pio_key key = {};
-        if (!pio_key(&key, dirport, id))
-            return;
-        u32 *s = slot_of(&key);
-        if (!s) {
-            drop();
-            return;
-        }
-        slot = *s;
-        r->thread = thread;
-        r->dirport = dirport;
-        r->slot = slot;
-        r->epoch = now;
+        *slot = r->slot;
+        return true;
     }
-    struct pio_counts *c = counts.lookup(&slot);
+    struct pio_key key = {};
+    if (!pio_key(&key, dirport, id))
+        return false;
+    u32 *s = slot_of(&key);
+    if (!s) {
+        drop();
+        return false;
+    }
+    *slot = r->slot = *s;
+    r->thread = thread;
+    r->dirport = dirport;
+    r->epoch = now;
+    return true;
 #endif
+}
+
+static __always_inline void count_pio(u32 rw, u32 port, u32 size, u32 count)
+{
+    u32 slot;
+    if (!pio_slot(&slot, rw, port))
+        return;
+    struct pio_counts *c = counts.lookup(&slot);
     if (!c)         // never: the index is below the array's size; the verifier wants the check
         return;
     __sync_fetch_and_add(&c->events, 1);
