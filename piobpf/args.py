@@ -100,6 +100,11 @@ def parse_args(argv):
                    help="print the counts of every interval of this length")
     p.add_argument("-n", "--top", type=positive(int), metavar="TOP",
                    help="show only the TOP busiest rows (per VM or vCPU with --by)")
+    p.add_argument("--latency", action="store_true",
+                   help="also time each exit: how long it keeps its vCPU out of the guest "
+                        "(TIME, AVG, MAX and a histogram per row)")
+    p.add_argument("--sort", choices=("time", "events"),
+                   help="order of rows (default: time with --latency, else events)")
     p.add_argument("--format", choices=formats.FORMATS, default="table",
                    help="output format (default: table)")
     p.add_argument("-o", "--output", metavar="FILE", help="write results to FILE")
@@ -131,6 +136,9 @@ def parse_args(argv):
                          help="compare two results (perf script text or piobpf JSON); "
                               "exit 0 if equal, 1 if not, 2 on error")
     args = p.parse_args(argv)
+    if args.sort == "time" and not args.latency:
+        p.error("--sort time needs --latency")
+    args.sort = args.sort or ("time" if args.latency else "events")
     if args.prometheus and (args.duration or args.interval or args.top or args.output
                             or args.format != "table" or args.from_perf or args.compare):
         p.error("--prometheus serves counters until stopped: -d, -i, -n, --format, -o, "
@@ -138,9 +146,9 @@ def parse_args(argv):
     if (args.from_perf or args.compare) and (
             args.duration or args.interval or args.attach != "auto" or args.pid
             or args.by != "port" or args.map_size != DEFAULT_MAX_ENTRIES
-            or args.device_map != "auto"):
-        p.error("-d, -i, -p, --by, --map-size, --attach and --device-map are for tracing, "
-                "not for --from-perf or --compare")
+            or args.device_map != "auto" or args.latency):
+        p.error("-d, -i, -p, --by, --map-size, --attach, --device-map and --latency are for "
+                "tracing, not for --from-perf or --compare")
     if args.map_size > 1 << 24:
         p.error(f"--map-size: at most {1 << 24}")
     if args.by == "port" and args.map_size != DEFAULT_MAX_ENTRIES:

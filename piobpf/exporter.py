@@ -13,11 +13,12 @@ from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from .errors import CliError
-from .snapshot import Counts
+from .snapshot import Counts, Times
 
 try:
     from prometheus_client import CollectorRegistry, make_wsgi_app
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                        HistogramMetricFamily)
     from prometheus_client.registry import Collector
 except ImportError:
     raise CliError("--prometheus needs prometheus_client: apt-get install "
@@ -41,13 +42,37 @@ def label_values(key, naming):
     return tuple(values)
 
 
-def families(snapshot, naming, max_entries, by="port"):
+# --latency: the exit-time histogram's buckets, upper bounds 2^FIRST_SLOT ns
+# (1 us) up, one per log2 slot of the kernel's; the slots below fold into the first.
+FIRST_SLOT = 10
+
+
+def exit_seconds(times, by):
+    """The --latency histogram family from {label values: Times}."""
+    family = HistogramMetricFamily(
+        "piobpf_pio_exit_seconds", "How long port I/O exits keep the vCPU out of the guest: "
+        "from the exit to user space to the VMM's next KVM_RUN (or kvm_exit to kvm_entry "
+        "where those fire)", labels=LABELS[by])
+    for values, t in sorted(times.items()):
+        cumulative, buckets = 0, []
+        for slot, n in enumerate(t.hist):
+            cumulative += n
+            if slot >= FIRST_SLOT:
+                buckets.append((repr((1 << slot) / 1e9), cumulative))
+        buckets.append(("+Inf", t.windows))
+        family.add_metric(values, buckets, sum_value=t.time_ns / 1e9)
+    return family
+
+
+def families(snapshot, naming, max_entries, by="port", latency=False):
     """The metric families of a cumulative snapshot."""
     # Keys can share labels (a vCPU thread replaced by one of the same name):
     # their sum is still a counter, where two series of one name would clash.
-    summed = defaultdict(Counts)
+    summed, times = defaultdict(Counts), defaultdict(Times)
     for key, c in snapshot.counts.items():
         summed[label_values(key, naming)] += c
+    for key, t in snapshot.times.items():
+        times[label_values(key, naming)] += t
     events = CounterMetricFamily("piobpf_pio_events", "kvm:kvm_pio events: guest port I/O "
                                  "instructions that exit to the host", labels=LABELS[by])
     nbytes = CounterMetricFamily("piobpf_pio_bytes", "Bytes of those events: access size "
@@ -63,7 +88,7 @@ def families(snapshot, naming, max_entries, by="port"):
                           "the kernel map, which is never cleared", value=len(snapshot.counts)),
         GaugeMetricFamily("piobpf_map_max_entries", "Keys the kernel map can hold",
                           value=max_entries),
-    ]
+    ] + ([exit_seconds(times, by)] if latency else [])
 
 
 class PioCollector(Collector):
@@ -85,7 +110,7 @@ class PioCollector(Collector):
             if not self._session:
                 return []
             s = self._session
-            return families(s.read(), s.naming, s.capacity, s.naming.by)
+            return families(s.read(), s.naming, s.capacity, s.naming.by, s.latency)
 
     def close(self):
         """Wait for a scrape under way; later ones find nothing (the map is going)."""

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import warn
-from .snapshot import READ, WRITE, Counts, Snapshot
+from .snapshot import READ, WRITE, Counts, Snapshot, Times
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 RAW_ARGS = ["rw", "port", "size", "count"]     # TP_PROTO order the raw probe reads
@@ -25,6 +25,17 @@ ENOTSUPP = 524      # the kernel's own "not supported", absent from Python's err
 BATCH = 4096        # map entries a batch lookup syscall reads
 ATTACH_MODES = ("auto", "raw", "classic")
 MAX_PIDS = 1024                     # processes -p can name: the pids map's size
+# What the kernel could not count, slot by slot of the `dropped` array:
+# events whose key found no room; with --latency, exit windows longer than
+# MAX_WINDOW_NS (a stopped VM, not emulation), windows of a vCPU whose
+# kvm_run page was not looked up yet (see resolve_runs), and windows or
+# threads the time maps had no room for.
+DROPPED = ("events", "too_long", "unresolved", "no_room")
+# --latency: the time maps and the window's limits.
+HIST_SLOTS = 35                     # log2 buckets of ns, up to 2^34 ns (17 s)
+MAX_WINDOW_NS = 10 * 10**9
+TIME_ENTRIES = 16384                # keys with timed exits
+MAX_THREADS = 16384                 # vCPU threads (and their fds) timed at once
 # What each --by adds to the key, as the BPF C's -D switches.
 BY_KEYS = {"port": (), "vm": ("PIOBPF_KEY_TGID",), "vcpu": ("PIOBPF_KEY_TGID", "PIOBPF_KEY_TID")}
 BY_MODES = tuple(BY_KEYS)
@@ -33,6 +44,9 @@ KEY_FIELDS = {"port": ("value",), "vm": ("dirport", "tgid", "tid"),
               "vcpu": ("dirport", "tgid", "tid")}
 LEAF_FIELDS = {"port": ("events", "bytes"), "vm": ("events", "bytes"),
                "vcpu": ("events", "bytes", "comm")}
+TIME_FIELDS = ("windows", "time_ns", "max_ns", "hist")
+# The latency programs' raw tracepoints (BCC attaches them at load).
+LATENCY_RAW_TRACEPOINTS = ("kvm_userspace_exit", "kvm_exit", "kvm_entry", "sched_process_exit")
 
 
 class TraceError(Exception):
@@ -128,6 +142,38 @@ def import_bcc():
     return bcc
 
 
+VCPU_FD = "anon_inode:kvm-vcpu:"
+
+
+def vcpu_runs(pid, proc="/proc"):
+    """{fd: user address of its kvm_run} for a process's vCPU fds. An fd's
+    link names its vCPU (anon_inode:kvm-vcpu:N) and so does the VMM's mapping
+    of it in /proc/PID/maps, which starts with the kvm_run page. Nothing for
+    a process that holds two VMs, whose vCPU names clash."""
+    try:
+        fds, vms = {}, 0
+        with os.scandir(f"{proc}/{pid}/fd") as entries:
+            for entry in entries:
+                try:
+                    link = os.readlink(entry.path)
+                except OSError:
+                    continue
+                vms += link == "anon_inode:kvm-vm"
+                if link.startswith(VCPU_FD):
+                    fds[int(entry.name)] = link
+        if not fds or vms > 1:
+            return {}
+        starts = {}
+        with open(f"{proc}/{pid}/maps") as f:
+            for line in f:
+                if VCPU_FD in line:
+                    fields = line.split()
+                    starts[fields[-1]] = int(fields[0].split("-")[0], 16)
+    except OSError:     # the process is gone
+        return {}
+    return {fd: starts[name] for fd, name in fds.items() if name in starts}
+
+
 def layout(ctype, names):
     """The struct module's format of a map's key or value type, as BCC built
     it from the C; TraceError when its fields are not `names`, so a change to
@@ -170,7 +216,8 @@ class PioCounter:
     plus pid and tid with by="vcpu". `pids` limits counting to those VMM
     processes, in the kernel."""
 
-    def __init__(self, attach="auto", max_entries=DEFAULT_MAX_ENTRIES, by="port", pids=()):
+    def __init__(self, attach="auto", max_entries=DEFAULT_MAX_ENTRIES, by="port", pids=(),
+                 latency=False):
         check_privileges()
         tracefs = find_tracefs()
         fields = kvm_pio_fields(tracefs)
@@ -180,7 +227,15 @@ class PioCounter:
         self.by = by
         self.capacity = max_entries if BY_KEYS[by] else PORT_KEYS   # keys the map can hold
         cflags = [f"-DPIOBPF_PORT_KEYS={PORT_KEYS}", f"-DPIOBPF_MAX_ENTRIES={int(max_entries)}",
-                  f"-DPIOBPF_MAX_PIDS={MAX_PIDS}"] + [f"-D{k}" for k in BY_KEYS[by]]
+                  f"-DPIOBPF_MAX_PIDS={MAX_PIDS}", f"-DDROPPED_SLOTS={len(DROPPED)}"]
+        cflags += [f"-DDROPPED_{name.upper()}={i}" for i, name in enumerate(DROPPED)]
+        cflags += [f"-D{k}" for k in BY_KEYS[by]]
+        if latency:
+            cflags += ["-DPIOBPF_LATENCY", f"-DPIOBPF_HIST_SLOTS={HIST_SLOTS}",
+                       f"-DPIOBPF_MAX_WINDOW_NS={MAX_WINDOW_NS}ULL",
+                       f"-DPIOBPF_TIME_ENTRIES={TIME_ENTRIES}",
+                       f"-DPIOBPF_MAX_THREADS={MAX_THREADS}"]
+        self.latency = latency
         if self.attach == "classic":
             cflags.append("-DPIOBPF_CLASSIC")
         if pids:
@@ -190,6 +245,11 @@ class PioCounter:
         self._dropped = self._bpf["dropped"]
         self._kfmt = layout(self._counts.Key, KEY_FIELDS[by])
         self._vfmt = layout(self._counts.Leaf, LEAF_FIELDS[by])
+        if latency:
+            self._times, self._pending = self._bpf["times"], self._bpf["pending"]
+            self._runs, self._unresolved = self._bpf["runs"], self._bpf["unresolved"]
+            layout(self._times.Leaf, TIME_FIELDS)
+            self.resolve_runs(pids or [int(d) for d in os.listdir("/proc") if d.isdigit()])
         self._batch = True
         # Batch reads go through buffers of BATCH entries, allocated once.
         self._chunk = min(self._counts.max_entries, BATCH)
@@ -248,18 +308,49 @@ class PioCounter:
         for ids, value in zip(keys, values):
             yield ids + value
 
+    def _key(self, dirport, tgid=0, tid=0):
+        width = 2 + len(BY_KEYS[self.by])
+        return (WRITE if dirport >> 16 else READ, dirport & 0xFFFF, tgid, tid)[:width]
+
     def read(self):
         """The cumulative counts now."""
         counts = {}
-        width = 2 + len(BY_KEYS[self.by])
         for dirport, tgid, tid, events, nbytes, comm in self._entries():
             if not events:
                 continue    # an array slot no event has touched
-            key = (WRITE if dirport >> 16 else READ, dirport & 0xFFFF, tgid, tid)[:width]
-            counts[key] = Counts(events, nbytes)
+            counts[self._key(dirport, tgid, tid)] = Counts(events, nbytes)
             if comm and (tgid, tid) not in self.comms:
                 self.comms[tgid, tid] = comm.split(b"\0", 1)[0].decode(errors="replace")
-        return Snapshot(counts, self._dropped[0].value)
+        if not self.latency:
+            return Snapshot(counts, self._dropped[0].value)
+        return Snapshot(counts, self._dropped[0].value, self._read_times(),
+                        {name: self._dropped[i].value for i, name in enumerate(DROPPED)
+                         if i})
+
+    def _read_times(self):
+        """Times per key: the time map holds only keys with timed exits, a few
+        hundred at most, so a plain walk serves."""
+        times = {}
+        for k, t in self._times.items():
+            ids = (k.value,) if self.by == "port" else (k.dirport, k.tgid, k.tid)
+            times[self._key(*ids)] = Times(t.windows, t.time_ns, t.max_ns, tuple(t.hist))
+        return times
+
+    def resolve_runs(self, pids=()):
+        """Tell the program where each vCPU's kvm_run page is: for the
+        (process, fd) pairs it asked about, and for every vCPU of `pids`."""
+        if not self.latency:
+            return
+        wanted = set(pids) | {k.tgid for k in self._unresolved.keys()}
+        # An fd asked about while this runs is asked about again at its next exit.
+        self._unresolved.clear()
+        for pid in wanted:
+            for fd, address in vcpu_runs(pid).items():
+                self._runs[self._runs.Key(pid, fd)] = ctypes.c_uint64(address)
+
+    def open_windows(self):
+        """Exits under way now (after detach: never to be timed)."""
+        return sum(1 for p in self._pending.values() if p.user_ts)
 
     def read_keys(self, keys):
         """The cumulative counts of a few (direction, port) keys, by port only:
@@ -272,11 +363,15 @@ class PioCounter:
         return Snapshot(counts, self._dropped[0].value)
 
     def detach(self):
-        """Stop counting; the map stays readable for the final read."""
+        """Stop counting; the maps stay readable for the final read."""
         if self.attach == "raw":
             self._bpf.detach_raw_tracepoint(tp=b"kvm_pio")
         else:
             self._bpf.detach_tracepoint(tp=b"kvm:kvm_pio")
+        if self.latency:
+            for tp in LATENCY_RAW_TRACEPOINTS:
+                self._bpf.detach_raw_tracepoint(tp=tp.encode())
+            self._bpf.detach_tracepoint(tp=b"syscalls:sys_enter_ioctl")
 
     def close(self):
         self._bpf.cleanup()

@@ -65,12 +65,16 @@ class Session:
         self.stopper = Stopper()
         # Load first: a missing privilege or header is the one line to show.
         self.counter = PioCounter(attach=args.attach, max_entries=args.map_size, by=args.by,
-                                  pids=args.pid or ())
+                                  pids=args.pid or (), latency=args.latency)
         try:
             self.naming = naming.from_args(args, self.counter.comms)
         except BaseException:
             self.counter.close()
             raise
+
+    @property
+    def latency(self):
+        return self.args.latency
 
     @property
     def capacity(self):
@@ -84,8 +88,9 @@ class Session:
         return snap
 
     def look(self, progress=False):
-        """The look of each second: new VMMs, and what names need to read.
-        Returns the snapshot when it read all of the map."""
+        """The look of each second: new VMMs and vCPUs, and what names need
+        to read. Returns the snapshot when it read all of the map."""
+        self.counter.resolve_runs()
         self.naming.tick()
         if progress or self.naming.watch == "all":
             return self.read()
@@ -107,7 +112,7 @@ class Session:
         never = float("inf")
         deadline = start + args.duration if args.duration else never
         report_at = start + args.interval if args.interval else never
-        second_at = start + SECOND if progress or self.naming.ticks else never
+        second_at = start + SECOND if progress or self.naming.ticks or args.latency else never
         last, slow = Snapshot(), False
         while not self.stopper.stopped:
             self.stopper.wait(min(report_at, second_at, deadline) - time.monotonic())
@@ -128,6 +133,7 @@ class Session:
             if now >= second_at:
                 second_at = next_tick(second_at, SECOND, now)
                 if snap:
+                    self.counter.resolve_runs()
                     self.naming.tick()
                 else:
                     snap = self.look(progress)
@@ -137,6 +143,9 @@ class Session:
                     sys.stderr.flush()
         self.counter.detach()
         snap, end = self.read(), time.monotonic()
+        if args.latency:
+            # Exits under way at the end: their windows never close.
+            snap.lost["open_at_end"] = self.counter.open_windows()
         if progress:
             sys.stderr.write("\r\033[K")
         final(snap - last, end - last_t)

@@ -83,6 +83,7 @@ class FixedSession:
 
     def __init__(self, naming, *snapshots):
         self.naming, self.snapshots, self.capacity = naming, list(snapshots), 100
+        self.latency = False
 
     def read(self):
         snap = self.snapshots.pop(0)
