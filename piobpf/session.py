@@ -87,11 +87,14 @@ class Session:
         self.naming.learn(snap)
         return snap
 
-    def look(self, progress=False):
+    def look(self, snap=None, progress=False):
         """The look of each second: new VMMs and vCPUs, and what names need
-        to read. Returns the snapshot when it read all of the map."""
+        to read, unless `snap` was read at this very tick. Returns the
+        snapshot when there is one of all of the map."""
         self.counter.resolve_runs()
         self.naming.tick()
+        if snap:
+            return snap
         if progress or self.naming.watch == "all":
             return self.read()
         if self.naming.watch:
@@ -132,11 +135,7 @@ class Session:
                          f"takes here ({took:.2f} s): intervals are that long or longer")
             if now >= second_at:
                 second_at = next_tick(second_at, SECOND, now)
-                if snap:
-                    self.counter.resolve_runs()
-                    self.naming.tick()
-                else:
-                    snap = self.look(progress)
+                snap = self.look(snap, progress)
                 if progress:
                     sys.stderr.write(f"\r{now - start:.0f}/{args.duration:g} s, "
                                      f"{snap.total_events} events ")

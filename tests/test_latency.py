@@ -5,7 +5,6 @@ the in-kernel path run through the kernel's BPF_PROG_TEST_RUN."""
 import ctypes
 import json
 import os
-import signal
 import time
 
 import pytest
