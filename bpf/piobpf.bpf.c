@@ -168,9 +168,17 @@ static __always_inline void time_window(pio_key_t *key, u64 ns)
         t->max_ns = ns;
 }
 
+// Whether kvm_exit fires here at all: until it does, count_pio skips the
+// per-thread lookup below (an array slot is read at the cost of a load).
+BPF_ARRAY(kvm_exit_fires, u8, 1);
+
 // From count_pio: the port of an exit the kernel may handle in place.
 static __always_inline void time_pio(pio_key_t *key, u64 id)
 {
+    u32 zero = 0;
+    u8 *fires = kvm_exit_fires.lookup(&zero);
+    if (!fires || !*fires)
+        return;
     u32 tid = id;
     struct pio_pending *p = pending.lookup(&tid);
     if (p && p->exit_ts) {
@@ -230,6 +238,10 @@ TRACEPOINT_PROBE(syscalls, sys_enter_ioctl)
 
 RAW_TRACEPOINT_PROBE(kvm_exit)
 {
+    u32 zero = 0;
+    u8 *fires = kvm_exit_fires.lookup(&zero);
+    if (fires && !*fires)
+        *fires = 1;
     struct pio_pending *p = pending_of(bpf_get_current_pid_tgid());
     if (p) {
         p->exit_ts = bpf_ktime_get_ns();
