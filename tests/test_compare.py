@@ -110,3 +110,16 @@ def test_from_perf_missing_file():
     out = run_piobpf("--from-perf", "/nonexistent/pio_stat")
     assert out.returncode == 1
     assert out.stderr == "piobpf: cannot read /nonexistent/pio_stat: No such file or directory\n"
+
+
+def test_from_perf_range_checks_values():
+    text = ("qemu 1 [000] 5.0: kvm:kvm_pio: pio_read at 0x3fd size 1 count 1 val 0x60\n"
+            "qemu 1 [000] 2.0: kvm:kvm_pio: pio_read at 0x3fd size 1 count 1 val 0x60\n"
+            "qemu 1 [000] 2.0: kvm:kvm_pio: pio_read at 0x3fd size 99999 count 99999 val 0x60\n")
+    out = run_piobpf("--from-perf", "-", "--format", "json", stdin=text)
+    assert out.returncode == 0
+    obj = json.loads(out.stdout)
+    assert (obj["duration_s"], obj["total_events"], obj["rows"][0]["bytes"]) == (3.0, 2, 2)
+    assert out.stderr.splitlines() == [
+        "piobpf: -: 1 malformed kvm_pio line(s) not counted; first at line 3: "
+        "qemu 1 [000] 2.0: kvm:kvm_pio: pio_read at 0x3fd size 99999 count 99999 val 0x60"]
