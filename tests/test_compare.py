@@ -4,7 +4,9 @@ import io
 import json
 import subprocess
 
-from helpers import run_piobpf
+import pytest
+
+from helpers import assert_one_line, run_piobpf
 from piobpf import compare, results
 from piobpf.snapshot import Counts, Snapshot
 from test_perfscript import EXPECTED, FIXTURES
@@ -58,7 +60,6 @@ def test_load_detects_json_lines_and_perf():
 
 
 def test_load_rejects_json_that_is_not_ours():
-    import pytest
     with pytest.raises(ValueError, match="not a piobpf JSON result"):
         results.load(io.StringIO('{"rows": [{"port": 1}]}'))
 
@@ -123,3 +124,43 @@ def test_from_perf_range_checks_values():
     assert out.stderr.splitlines() == [
         "piobpf: -: 1 malformed kvm_pio line(s) not counted; first at line 3: "
         "qemu 1 [000] 2.0: kvm:kvm_pio: pio_read at 0x3fd size 99999 count 99999 val 0x60"]
+
+
+def row_json(dropped=0, **row):
+    return json.dumps({"dropped_events": dropped, "rows": [
+        {"direction": "read", "port": 1, "events": 1, "bytes": 1, **row}]})
+
+
+NOT_COUNTS = [
+    ('{"dropped_events":1e400,"rows":[]}', "dropped_events inf"),
+    ('{"dropped_events":0,"rows":' + "[" * 100000, "recursion"),
+    (row_json(events=True), "events True"),
+    (row_json(events=-1), "events -1"),
+    (row_json(events=2**64), "events 18446744073709551616"),
+    (row_json(bytes=1.5), "bytes 1.5"),
+    (row_json(port=0x10000), "port 65536 is not an integer 0..0xffff"),
+    (row_json(port="0x3fd"), "port '0x3fd'"),
+    (row_json(dropped=-5), "dropped_events -5"),
+    (row_json(device=["serial"]), "bad device"),
+    ('{"dropped_events":0,"rows":{}}', "rows is not a list"),
+]
+
+
+@pytest.mark.parametrize("text,why", NOT_COUNTS, ids=[why for _, why in NOT_COUNTS])
+def test_load_rejects_values_that_are_not_counts(text, why):
+    with pytest.raises(ValueError, match="not a piobpf JSON result") as e:
+        results.load(io.StringIO(text))
+    assert why in str(e.value)
+
+
+def test_json_lines_error_names_its_own_line():
+    text = as_json({("read", 1): Counts(2, 2)}) + "\n" + '{"rows": [1,]}\n'
+    with pytest.raises(ValueError, match="line 2 column 13"):
+        results.load(io.StringIO(text))
+
+
+@pytest.mark.parametrize("text,why", NOT_COUNTS[:3], ids=[why for _, why in NOT_COUNTS[:3]])
+def test_compare_rejects_them_in_one_line_exit_2(tmp_path, text, why):
+    bad = tmp_path / "bad.json"
+    bad.write_text(text)
+    assert_one_line(run_piobpf("--compare", PERF, str(bad)), 2, str(bad), why)
