@@ -338,9 +338,20 @@ def run_trace(args):
     return 0
 
 
+def load_input(path, load):
+    """load(stream) of FILE or -; CliError naming the file when it cannot be read
+    or does not hold what `load` reads."""
+    with open_input(path) as f:
+        try:
+            return load(f)
+        except ValueError as e:
+            raise CliError(f"{path}: {e}")
+        except OSError as e:
+            raise CliError(f"cannot read {path}: {e.strerror}")
+
+
 def run_from_perf(args):
-    with open_input(args.from_perf) as f:
-        parsed = perfscript.parse(f)
+    parsed = load_input(args.from_perf, perfscript.parse)
     report_malformed(args.from_perf, parsed.malformed, parsed.first_malformed)
     name_of = load_ioports(args.ioports).lookup
     with open_output(args.output) as stream:
@@ -351,11 +362,7 @@ def run_from_perf(args):
 def run_compare(args):
     loaded = []
     for path in args.compare:
-        with open_input(path) as f:
-            try:
-                result = results.load(f)
-            except ValueError as e:
-                raise CliError(f"{path}: {e}")
+        result = load_input(path, results.load)
         report_malformed(path, result.malformed, result.first_malformed)
         loaded.append(result)
     a, b = loaded

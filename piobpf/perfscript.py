@@ -12,6 +12,11 @@ Values the kernel cannot print make a line malformed: size is 1, 2 or 4 (the
 in/out operand sizes), and size x count at most 4096, the page KVM passes
 port I/O data through (SEV-ES string I/O is split into PAGE_SIZE / size
 elements an event; the emulator's `rep ins` read-ahead holds 1024 bytes).
+
+Text with no kvm_pio event is perf script output only when something shows
+it is: a `#` header (--header) or a line of another event, with its time or
+its `subsystem:event:` name. An empty file, binary data or other text is a
+failed capture or the wrong file, not zero events.
 """
 
 import re
@@ -28,6 +33,7 @@ _PAYLOAD = re.compile(
 # Seconds of a u64 nanosecond clock: at most 11 digits before the point.
 _TIME = re.compile(r"(?:^|\s)(\d{1,11}\.\d+):(?:\s|$)")
 _KVM_PIO = re.compile(r"kvm_pio|pio_(?:read|write)")
+_EVENT = re.compile(r"(?:^|\s)(?:\d{1,11}\.\d+|[\w-]+:[\w-]+):(?:\s|$)")
 SIZES = (1, 2, 4)
 MAX_BYTES = 4096        # x86 PAGE_SIZE: size x count of one event
 
@@ -41,12 +47,17 @@ class PerfParse:
 
 
 def parse(lines):
-    """Count kvm_pio events from `perf script` lines (an iterable of str)."""
+    """Count kvm_pio events from `perf script` lines (an iterable of str);
+    ValueError if they are not perf script output."""
     counts = defaultdict(Counts)
     malformed, first_bad = 0, ""
     span = None
+    perf = False            # seen a header, an event, or another event's time or name
     for no, line in enumerate(lines, 1):
+        if "\0" in line:
+            raise ValueError(f"binary data (a NUL byte on line {no}), not perf script text")
         stripped = line.strip()
+        perf = perf or stripped.startswith("#") or bool(_EVENT.search(line))
         if not stripped or stripped.startswith("#") or not _KVM_PIO.search(line):
             continue        # blank, header, comment or another event
         m = _PAYLOAD.search(line)
@@ -55,6 +66,7 @@ def parse(lines):
             malformed += 1
             first_bad = first_bad or f"{no}: {stripped[:200]}"
             continue
+        perf = True
         key = (WRITE if m["dir"] == "write" else READ, int(m["port"], 16))
         counts[key] += Counts(1, size * count)
         t = _TIME.search(line[:m.start()])
@@ -63,5 +75,8 @@ def parse(lines):
             # ("N out of order events recorded"), and a duration is never negative.
             ts = float(t.group(1))
             span = (ts, ts) if span is None else (min(span[0], ts), max(span[1], ts))
+    if not perf:
+        raise ValueError("not perf script output: no kvm_pio event, other event or # header "
+                         "(perf script --header marks a capture without events)")
     duration = span[1] - span[0] if span else 0.0
     return PerfParse(Snapshot(dict(counts)), duration, malformed, first_bad)

@@ -164,3 +164,38 @@ def test_compare_rejects_them_in_one_line_exit_2(tmp_path, text, why):
     bad = tmp_path / "bad.json"
     bad.write_text(text)
     assert_one_line(run_piobpf("--compare", PERF, str(bad)), 2, str(bad), why)
+
+
+def test_compare_refuses_what_is_not_a_result(tmp_path):
+    files = {"garbage.bin": b"\x8f\x00\x13binary\n", "empty.txt": b"", "array.json": b"[1,2,3]\n",
+             "text.txt": b"hello\nworld\n"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    for name, why in [("garbage.bin", "binary data"), ("empty.txt", "not perf script output"),
+                      ("array.json", "not perf script output"),
+                      ("text.txt", "not perf script output")]:
+        path = str(tmp_path / name)
+        assert_one_line(run_piobpf("--compare", PERF, path), 2, f"piobpf: {path}: ", why)
+        assert_one_line(run_piobpf("--compare", path, PERF), 2, f"piobpf: {path}: ", why)
+    assert_one_line(run_piobpf("--compare", str(tmp_path / "garbage.bin"),
+                               str(tmp_path / "empty.txt")), 2, "garbage.bin")
+    assert_one_line(run_piobpf("--compare", "/proc/self/mem", PERF), 2,
+                    "cannot read /proc/self/mem")
+
+
+def test_two_empty_captures_compare_equal_when_they_show_they_are_perf(tmp_path):
+    header = tmp_path / "header.txt"
+    header.write_text("# ========\n# captured on    : Thu Nov 26 00:12:04 2026\n")
+    other = tmp_path / "other.txt"
+    other.write_text("qemu 1 [000] 1.0: kvm:kvm_userspace_exit: reason KVM_EXIT_IO (2)\n")
+    out = run_piobpf("--compare", str(header), str(other))
+    assert out.returncode == 0 and out.stderr == ""
+    assert out.stdout == "no kvm_pio events in either result\n"
+
+
+def test_from_perf_refuses_what_is_not_perf_script_text():
+    # --from-perf keeps its exit status for errors: 1.
+    assert_one_line(run_piobpf("--from-perf", "-", stdin=""), 1,
+                    "piobpf: -: not perf script output", "perf script --header")
+    assert_one_line(run_piobpf("--from-perf", "-", stdin="x\0y"), 1, "piobpf: -: binary data")
+    assert_one_line(run_piobpf("--from-perf", "/proc/self/mem"), 1, "cannot read /proc/self/mem")

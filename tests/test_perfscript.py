@@ -93,3 +93,27 @@ def test_duration_is_the_span_of_timestamps_in_any_order():
 def test_a_timestamp_too_long_for_a_u64_clock_is_no_timestamp():
     parsed = perfscript.parse([pio_line(1, 1, "9" * 400 + ".0"), pio_line(1, 1, "2.5")])
     assert parsed.snapshot.total_events == 2 and parsed.duration_s == 0.0
+
+
+@pytest.mark.parametrize("lines", [[], ["\n", "  \n"], ["[1,2,3]\n"], ["[" * 100000 + "\n"],
+                                   ["hello: world\n", "kvm_pio\n"]],
+                         ids=["empty", "blank", "json-array", "nested", "text"])
+def test_text_that_is_not_perf_script_output_is_refused(lines):
+    with pytest.raises(ValueError, match="not perf script output"):
+        perfscript.parse(lines)
+
+
+def test_binary_data_is_refused():
+    with pytest.raises(ValueError, match="binary data .a NUL byte on line 2"):
+        perfscript.parse(["# header\n", "PERFILE2\0\0\0h\n"])
+
+
+@pytest.mark.parametrize("line", [
+    "# ========\n",
+    "       CPU 0/KVM  4846 [000]  1108.714138: kvm:kvm_userspace_exit: reason KVM_EXIT_IO (2)\n",
+    "kvm:kvm_userspace_exit: reason KVM_EXIT_IO (2)\n",        # -F event,trace
+    "4846 1108.714138: \n",                                  # -F pid,time
+])
+def test_a_capture_without_events_shows_it_is_perf_script_output(line):
+    parsed = perfscript.parse([line])
+    assert parsed.snapshot.counts == {} and parsed.malformed == 0
