@@ -364,15 +364,18 @@ def run_compare(args):
     for path in args.compare:
         result = load_input(path, results.load)
         report_malformed(path, result.malformed, result.first_malformed)
+        if result.snapshot.dropped:
+            warn(f"{path}: {result.snapshot.dropped} events dropped (the kernel map was full):"
+                 " the results cannot be equal")
         loaded.append(result)
     a, b = loaded
     table = load_ioports(args.ioports)
     # Names from /proc/ioports first; a JSON result's own names where it has none.
     name_of = lambda port: table.lookup(port) or a.names.get(port) or b.names.get(port)
-    rows = compare.compare(a.snapshot, b.snapshot, name_of)
+    comparison = compare.compare(a.snapshot, b.snapshot, name_of)
     with open_output(args.output) as stream:
-        stream.write(compare.RENDER[args.format](rows, *args.compare, top=args.top))
-    return 1 if any(r.diff for r in rows) else 0
+        stream.write(compare.RENDER[args.format](comparison, *args.compare, top=args.top))
+    return 0 if comparison.equal else 1
 
 
 def main(argv=None):

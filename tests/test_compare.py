@@ -69,7 +69,7 @@ def test_differing_rows_come_first():
                   ("write", 3): Counts(7, 7)})
     b = Snapshot({("read", 1): Counts(5, 5), ("read", 2): Counts(90, 90),
                   ("read", 4): Counts(1, 1)})
-    rows = compare.compare(a, b)
+    rows = compare.compare(a, b).rows
     assert [(r.direction, r.port, r.diff) for r in rows] == [
         ("read", 2, -10), ("write", 3, -7), ("read", 4, 1), ("read", 1, 0)]
     assert rows[0].diff_pct == -10.0 and rows[2].diff_pct is None
@@ -190,7 +190,7 @@ def test_two_empty_captures_compare_equal_when_they_show_they_are_perf(tmp_path)
     other.write_text("qemu 1 [000] 1.0: kvm:kvm_userspace_exit: reason KVM_EXIT_IO (2)\n")
     out = run_piobpf("--compare", str(header), str(other))
     assert out.returncode == 0 and out.stderr == ""
-    assert out.stdout == "no kvm_pio events in either result\n"
+    assert out.stdout.endswith("no kvm_pio events in either result\n")
 
 
 def test_from_perf_refuses_what_is_not_perf_script_text():
@@ -199,3 +199,35 @@ def test_from_perf_refuses_what_is_not_perf_script_text():
                     "piobpf: -: not perf script output", "perf script --header")
     assert_one_line(run_piobpf("--from-perf", "-", stdin="x\0y"), 1, "piobpf: -: binary data")
     assert_one_line(run_piobpf("--from-perf", "/proc/self/mem"), 1, "cannot read /proc/self/mem")
+
+
+def test_a_side_that_dropped_events_is_never_equal():
+    counts = {("read", 0x3fd): Counts(1, 1)}
+    c = compare.compare(Snapshot(counts), Snapshot(counts, dropped=5))
+    assert [r.diff for r in c.rows] == [0] and not c.equal
+    assert compare.table(c, "a.txt", "b.json").endswith(
+        "A: a.txt\nB: b.json (5 events dropped: the kernel map was full)\n"
+        "all 1 (direction, port) counts are equal, but B dropped events: not equal\n")
+    obj = json.loads(compare.to_json(c, "a.txt", "b.json"))
+    assert (obj["dropped_a"], obj["dropped_b"], obj["equal"]) == (0, 5, False)
+    both = compare.compare(Snapshot({}, dropped=1), Snapshot({}, dropped=2))
+    assert compare.table(both, "a", "b").splitlines()[-1] == (
+        "no kvm_pio events in either result, but A and B dropped events: not equal")
+    assert compare.compare(Snapshot(counts), Snapshot(counts)).equal
+
+
+def test_compare_with_dropped_events_exits_1_in_every_format(tmp_path):
+    perf = tmp_path / "one.txt"
+    perf.write_text("qemu 1 [000] 1.0: kvm:kvm_pio: pio_read at 0x3fd size 1 count 1 val 0x60\n")
+    dropped = tmp_path / "dropped.json"
+    dropped.write_text('{"dropped_events":5,"rows":[{"direction":"read","port":1021,'
+                       '"events":1,"bytes":1}]}')
+    outs = {fmt: run_piobpf("--compare", str(perf), str(dropped), "--format", fmt)
+            for fmt in ("table", "json", "csv")}
+    for out in outs.values():
+        assert out.returncode == 1
+        assert out.stderr == (f"piobpf: {dropped}: 5 events dropped (the kernel map was full):"
+                              " the results cannot be equal\n")
+    assert outs["table"].stdout.endswith(", but B dropped events: not equal\n")
+    assert json.loads(outs["json"].stdout)["dropped_b"] == 5
+    assert outs["csv"].stdout.splitlines()[1].endswith(",1,1,0")
