@@ -14,8 +14,10 @@ port I/O data through (SEV-ES string I/O is split into PAGE_SIZE / size
 elements an event; the emulator's `rep ins` read-ahead holds 1024 bytes).
 
 Text with no kvm_pio event is perf script output only when something shows
-it is: a `#` header (--header) or a line of another event, with its time or
-its `subsystem:event:` name. An empty file, binary data or other text is a
+it is: the `# ========` line that opens and closes the header of
+`perf script --header` (any `#` line is too weak: shell scripts and random
+bytes have them), or a line of another event, with its time or its
+`subsystem:event:` name. An empty file, binary data or other text is a
 failed capture or the wrong file, not zero events.
 """
 
@@ -33,6 +35,8 @@ _PAYLOAD = re.compile(
 # Seconds of a u64 nanosecond clock: at most 11 digits before the point.
 _TIME = re.compile(r"(?:^|\s)(\d{1,11}\.\d+):(?:\s|$)")
 _KVM_PIO = re.compile(r"kvm_pio|pio_(?:read|write)")
+_HEADER = "# ========"
+# Another event's line: its time, or its subsystem:event: name.
 _EVENT = re.compile(r"(?:^|\s)(?:\d{1,11}\.\d+|[\w-]+:[\w-]+):(?:\s|$)")
 SIZES = (1, 2, 4)
 MAX_BYTES = 4096        # x86 PAGE_SIZE: size x count of one event
@@ -52,12 +56,12 @@ def parse(lines):
     counts = defaultdict(Counts)
     malformed, first_bad = 0, ""
     span = None
-    perf = False            # seen a header, an event, or another event's time or name
+    perf = False            # seen perf's header, an event, or another event's time or name
     for no, line in enumerate(lines, 1):
         if "\0" in line:
             raise ValueError(f"binary data (a NUL byte on line {no}), not perf script text")
         stripped = line.strip()
-        perf = perf or stripped.startswith("#") or bool(_EVENT.search(line))
+        perf = perf or stripped == _HEADER or bool(_EVENT.search(line))
         if not stripped or stripped.startswith("#") or not _KVM_PIO.search(line):
             continue        # blank, header, comment or another event
         m = _PAYLOAD.search(line)
@@ -76,7 +80,7 @@ def parse(lines):
             ts = float(t.group(1))
             span = (ts, ts) if span is None else (min(span[0], ts), max(span[1], ts))
     if not perf:
-        raise ValueError("not perf script output: no kvm_pio event, other event or # header "
-                         "(perf script --header marks a capture without events)")
+        raise ValueError("not perf script output: no kvm_pio event, other event or perf "
+                         "header (perf script --header marks a capture without events)")
     duration = span[1] - span[0] if span else 0.0
     return PerfParse(Snapshot(dict(counts)), duration, malformed, first_bad)

@@ -168,7 +168,7 @@ def test_compare_rejects_them_in_one_line_exit_2(tmp_path, text, why):
 
 def test_compare_refuses_what_is_not_a_result(tmp_path):
     files = {"garbage.bin": b"\x8f\x00\x13binary\n", "empty.txt": b"", "array.json": b"[1,2,3]\n",
-             "text.txt": b"hello\nworld\n"}
+             "text.txt": b"#\xff\xfe no NUL\n# but hash lines\n"}
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     for name, why in [("garbage.bin", "binary data"), ("empty.txt", "not perf script output"),

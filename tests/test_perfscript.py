@@ -96,8 +96,9 @@ def test_a_timestamp_too_long_for_a_u64_clock_is_no_timestamp():
 
 
 @pytest.mark.parametrize("lines", [[], ["\n", "  \n"], ["[1,2,3]\n"], ["[" * 100000 + "\n"],
-                                   ["hello: world\n", "kvm_pio\n"]],
-                         ids=["empty", "blank", "json-array", "nested", "text"])
+                                   ["hello: world\n", "kvm_pio\n"],
+                                   ["#!/bin/sh\n", "# a comment\n", "#\n"]],
+                         ids=["empty", "blank", "json-array", "nested", "text", "comments"])
 def test_text_that_is_not_perf_script_output_is_refused(lines):
     with pytest.raises(ValueError, match="not perf script output"):
         perfscript.parse(lines)
