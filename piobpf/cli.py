@@ -49,9 +49,20 @@ def run_trace(args):
     return 1 if printer.failed else 0
 
 
+def load_input(path, load):
+    """load(stream) of FILE or -; CliError naming the file when it cannot be read
+    or does not hold what `load` reads."""
+    with open_input(path) as f:
+        try:
+            return load(f)
+        except ValueError as e:
+            raise CliError(f"{path}: {e}")
+        except OSError as e:
+            raise CliError(f"cannot read {path}: {e.strerror}")
+
+
 def run_from_perf(args):
-    with open_input(args.from_perf) as f:
-        parsed = perfscript.parse(f)
+    parsed = load_input(args.from_perf, perfscript.parse)
     report_malformed(args.from_perf, parsed.malformed, parsed.first_malformed)
     names = naming.from_args(args)
     with open_output(args.output) as stream:
@@ -62,22 +73,21 @@ def run_from_perf(args):
 def run_compare(args):
     loaded = []
     for path in args.compare:
-        with open_input(path) as f:
-            try:
-                result = results.load(f)
-            except ValueError as e:
-                raise CliError(f"{path}: {e}")
+        result = load_input(path, results.load)
         report_malformed(path, result.malformed, result.first_malformed)
+        if result.snapshot.dropped:
+            warn(f"{path}: {result.snapshot.dropped} events dropped (the kernel map was full):"
+                 " the results cannot be equal")
         loaded.append(result)
     a, b = loaded
     devices = naming.from_args(args).devices
     # A JSON result's own names first: a trace named ports by its VMs' maps.
     name_of = lambda port: a.names.get(port) or b.names.get(port) or devices(port)[0]
-    rows = compare.compare(a.snapshot, b.snapshot, name_of)
+    comparison = compare.compare(a.snapshot, b.snapshot, name_of)
     with open_output(args.output) as stream:
-        stream.write(compare.RENDER[args.format](rows, *args.compare, top=args.top))
+        stream.write(compare.RENDER[args.format](comparison, *args.compare, top=args.top))
         stream.flush()
-    return 1 if any(r.diff for r in rows) else 0
+    return 0 if comparison.equal else 1
 
 
 def main(argv=None):

@@ -102,7 +102,8 @@ def test_unreadable_ioports_file(tmp_path):
 
 def test_ioports_file_too_large_is_refused():
     # /dev/zero never ends: read only what an ioports file can hold, then refuse.
-    out = run(piobpf_cmd("--from-perf", "/dev/null", "--ioports", "/dev/zero"))
+    capture = REPO / "tests" / "fixtures" / "perf-default.txt"
+    out = run(piobpf_cmd("--from-perf", str(capture), "--ioports", "/dev/zero"))
     assert_one_line(out, 1, "/dev/zero", "not an ioports file")
 
 
@@ -121,9 +122,12 @@ def full_dir(tmp_path):
 
 @needs_tracing
 def test_full_disk_keeps_the_results(full_dir):
-    t = Traced("--format", "json", "-o", str(full_dir / "out.json"))
-    run_guest(*MIXED)
+    guest = HeldGuest(*MIXED)
+    t = Traced("--format", "json", "-o", str(full_dir / "out.json"), "-p", str(guest.pid))
+    guest.start()
+    guest.wait_done()
     rc, out, err = t.stop()
+    guest.end()
     assert rc == 1
     assert err.splitlines() == [f"piobpf: cannot write {full_dir}/out.json: No space left "
                                 "on device; stopping, results on stdout"]
@@ -144,9 +148,12 @@ def test_full_disk_during_intervals_stops_with_what_was_counted(full_dir):
 
 @needs_tracing
 def test_sighup_writes_what_was_counted(tmp_path):
-    t = Traced("--format", "json", "-o", str(tmp_path / "out.json"))
-    run_guest(*MIXED)
+    guest = HeldGuest(*MIXED)
+    t = Traced("--format", "json", "-o", str(tmp_path / "out.json"), "-p", str(guest.pid))
+    guest.start()
+    guest.wait_done()
     rc, _, err = t.stop(signal.SIGHUP)    # an ssh session closed under it
+    guest.end()
     assert rc == 0, err
     assert by_key(json.loads((tmp_path / "out.json").read_text())["rows"]) == MIXED_EXPECTED
 
