@@ -212,6 +212,20 @@ def test_more_idle_connections_than_the_bound_do_not_stop_a_scrape(start):
         s.close()
 
 
+def test_idle_connections_past_the_grace_in_the_backlog_make_room_at_once(start):
+    # Ages count from the handshake: counted from their accept, the idle
+    # connections behind the first four would hold the scrape for another
+    # grace (2 s) each round.
+    server = start(timeout=60.0, grace=2.0, max_connections=4)
+    idle = [connect(server.address) for _ in range(12)]
+    time.sleep(2.0)
+    began = time.monotonic()
+    assert exchange(server.address, GET)[0] == 200
+    assert time.monotonic() - began < 1.0
+    for s in idle:
+        s.close()
+
+
 def test_shutdown_is_prompt_with_clients_connected():
     registry = CollectorRegistry()
     registry.register(Gauge())
