@@ -27,6 +27,20 @@ class Gauge:
         return [GaugeMetricFamily("test_value", "A value", value=42)]
 
 
+class Slow:
+    """Counts its reads; the first one waits for `release`."""
+
+    def __init__(self):
+        self.reads = 0
+        self.reading, self.release = threading.Event(), threading.Event()
+
+    def collect(self):
+        self.reads += 1
+        self.reading.set()
+        self.release.wait(WAIT)
+        return Gauge().collect()
+
+
 class Failing:
     def collect(self):
         raise RuntimeError("the map is gone")
@@ -62,12 +76,17 @@ def exchange(address, request):
     """Send `request`, read until the server closes: (status, headers, body)."""
     with connect(address) as s:
         s.sendall(request)
-        reply = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            reply += chunk
+        return answer(s)
+
+
+def answer(sock):
+    """What the server sends on `sock` until it closes: (status, headers, body)."""
+    reply = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        reply += chunk
     head, _, body = reply.partition(b"\r\n\r\n")
     status, *fields = head.decode("latin-1").split("\r\n")
     return int(status.split()[1]), dict(f.split(": ", 1) for f in fields), body
@@ -170,6 +189,24 @@ def test_burst_of_200_connects_all_answered(start):
     for t in threads:
         t.join(max(0, deadline - time.monotonic()))
     assert codes == [200] * n
+
+
+def test_scrapes_that_came_together_share_one_read(start):
+    collector = Slow()
+    address = start(collector).address
+    first = []
+    thread = threading.Thread(target=lambda: first.append(exchange(address, GET)[0]))
+    thread.start()
+    assert collector.reading.wait(WAIT)
+    more = [connect(address) for _ in range(20)]
+    for s in more:
+        s.sendall(GET)
+    collector.release.set()
+    thread.join(WAIT)
+    assert first + [answer(s)[0] for s in more] == [200] * 21
+    assert collector.reads == 2
+    for s in more:
+        s.close()
 
 
 def test_idle_and_slow_clients_closed_after_timeout_and_scrapes_go_on_meanwhile(start):
