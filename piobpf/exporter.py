@@ -6,20 +6,19 @@ snapshot to metric families) is pure and tested without root.
 """
 
 import errno
-import socket
 import threading
 from collections import defaultdict
-from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from .errors import CliError
 from .snapshot import Counts, Times
 
 try:
-    from prometheus_client import CollectorRegistry, make_wsgi_app
+    from prometheus_client import CollectorRegistry
     from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                         HistogramMetricFamily)
     from prometheus_client.registry import Collector
+
+    from . import httpserver     # on prometheus_client too
 except ImportError:
     raise CliError("--prometheus needs prometheus_client: apt-get install "
                    "python3-prometheus-client (or pip install prometheus-client)") from None
@@ -118,20 +117,6 @@ class PioCollector(Collector):
             self._session = None
 
 
-class QuietHandler(WSGIRequestHandler):
-    def log_message(self, format, *args):
-        """No line per scrape on stderr (the journal, under systemd)."""
-
-
-class Server(ThreadingMixIn, WSGIServer):
-    # A scrape under way does not hold up the end of the run.
-    daemon_threads = True
-
-
-class Server6(Server):
-    address_family = socket.AF_INET6
-
-
 def where(host, port):
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -140,12 +125,11 @@ def listen(host, port, collector):
     """A server of the collector's metrics, bound to host:port (not yet serving).
 
     Our own server, not prometheus_client's start_http_server: that one
-    (0.16) cannot be shut down."""
+    (0.16) is wsgiref's, a thread per connection, and cannot be shut down."""
     registry = CollectorRegistry()   # only ours, not the default process metrics
     registry.register(collector)
     try:
-        return make_server(host, port, make_wsgi_app(registry),
-                           Server6 if ":" in host else Server, QuietHandler)
+        return httpserver.Server(host, port, registry)
     except OSError as e:
         hint = " (not an address of this host)" if e.errno == errno.EADDRNOTAVAIL else ""
         raise CliError(f"cannot listen on {where(host, port)}: {e.strerror}{hint}") from None

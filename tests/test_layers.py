@@ -8,7 +8,7 @@ from helpers import REPO
 ORDER = ["__init__", "errors", "snapshot", "kernel",
          "ioports", "mtree", "qemucmd", "names", "monitor", "devices", "naming",   # naming
          "report",                                                                 # rows
-         "formats", "printer", "exporter",                                          # sinks
+         "formats", "printer", "httpserver", "exporter",                            # sinks
          "perfscript", "results", "compare",          # saved results (--from-perf, --compare)
          "session",                                                                # the run
          "args", "serve", "cli", "__main__",                                       # front ends
