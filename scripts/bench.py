@@ -11,9 +11,9 @@ So both programs stay loaded in this process, one attached at a time, and
 short runs alternate between them in ABBA/BAAB blocks: attaching is a
 syscall, the runs are adjacent, and linear drift cancels within a block.
 Each run is timed by the vCPU thread's own CPU clock (the program runs on
-that thread), so other processes taking the CPU do not count. Blocks go on
-until the sign-test interval of the median difference is narrower than the
-budget, or the time cap is reached.
+that thread), so other processes taking the CPU do not count. Blocks go on,
+after --min-s, until the sign-test interval of the median difference is
+narrower than the budget, or until the time cap.
 
 bpftrace and perf record are whole processes: each traced run sits between
 two untraced runs (wall-clock), and counts relative to their mean.
