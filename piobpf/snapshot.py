@@ -41,3 +41,10 @@ class Snapshot:
             if d.events or d.bytes:
                 diff[key] = d
         return Snapshot(diff, self.dropped - earlier.dropped)
+
+    def __add__(self, later):
+        """This snapshot plus the interval after it: the snapshot at its end."""
+        counts = dict(self.counts)
+        for key, c in later.counts.items():
+            counts[key] = counts.get(key, Counts()) + c
+        return Snapshot(counts, self.dropped + later.dropped)
