@@ -15,8 +15,9 @@ export DEBIAN_FRONTEND=noninteractive
 
 # BCC's Python bindings come from the distribution (python3-bpfcc, for
 # /usr/bin/python3). The PyPI package named "bcc" is unrelated: never pip it.
+# tmux: tests/test_live.py drives --live through a real terminal.
 pkgs=(python3-bpfcc python3-tabulate python3-pytest python3-venv
-      python3-prometheus-client prometheus linux-perf bpftrace)
+      python3-prometheus-client prometheus linux-perf bpftrace tmux)
 have_headers=0
 [ -e "/lib/modules/$kver/build/Makefile" ] && have_headers=1
 
