@@ -9,10 +9,14 @@ import signal
 import subprocess
 import time
 
+from types import SimpleNamespace
+
 import pytest
 
-from helpers import (ENV, MIXED, MIXED_EXPECTED, PY, HeldGuest, assert_one_line, needs_tracing,
-                     piobpf_cmd, run)
+from helpers import (ENV, MIXED, MIXED_EXPECTED, PY, HeldGuest, assert_one_line, fixed_naming,
+                     needs_tracing, piobpf_cmd, run)
+from piobpf import ioports, live
+from piobpf.snapshot import Counts, Snapshot
 
 DEADLINE = 30       # seconds for anything to show on the screen
 WIDTH, HEIGHT = 150, 40
@@ -146,6 +150,34 @@ def test_refuses_what_does_not_go_with_it(args, word):
 
 def test_refuses_a_stdout_that_is_not_a_terminal():
     assert_one_line(run(piobpf_cmd("--live")), 2, "--live", "terminal")
+
+
+def test_rows_count_since_the_baseline_and_mark_devices_as_the_table_does():
+    class Maps:    # web1's QEMU tells its map; db2 has no monitor
+        def map_of(self, pid):
+            return ioports.IoPorts([ioports.Range(0x3f8, 0x3ff, "serial", 0)]) if pid == 10 else None
+
+    names = {10: "web1", 11: "db2"}
+    naming = fixed_naming({0x3fd: "serial"}, "vm", lambda k: {"pid": k[2], "vm": names[k[2]]},
+                          maps=Maps())
+    view = live.View(SimpleNamespace(args=SimpleNamespace(by="vm"), naming=naming))
+    first = Snapshot({("read", 0x3fd, 10): Counts(50, 50), ("read", 0x3fd, 11): Counts(30, 30)})
+    view.paused = True                          # no screen here: intervals only count
+    view.interval(first, 1.0)
+    view.base = view.whole                      # what `r` does
+    view.interval(Snapshot({("read", 0x3fd, 11): Counts(4, 4)}), 2.0)
+    frame = view.capture()
+    assert [(r.vm, r.events, rate, device) for r, rate, device in frame.rows] == [
+        ("db2", 4, 2.0, "serial")]      # one source: no marks
+    assert frame.total == 4 and frame.rate == 2.0
+    assert frame.footnote == "DEVICE from the host's /proc/ioports"
+    assert view.whole.total_events == 84        # the final table's: the whole run
+    view.base = Snapshot()
+    frame = view.capture()
+    assert [(r.vm, r.events, d) for r, _, d in frame.rows] == [("web1", 50, "serial"),
+                                                              ("db2", 34, "serial*")]
+    assert frame.footnote == ("DEVICE from the VM's own device model (QEMU monitor); "
+                              "* the host's /proc/ioports")
 
 
 @needs_tracing
