@@ -71,12 +71,13 @@ class View:
         self.resized = False
         self.frame = self.capture()
 
-    def report(self, snapshot, seconds):
-        return make_report(snapshot, seconds, self.session.naming, by=self.args.by)
+    def named(self, snapshot):
+        """Named rows; the report's duration goes unused (rates are the last interval's)."""
+        return make_report(snapshot, 0.0, self.session.naming, by=self.args.by)
 
     def capture(self):
-        since = self.report(self.whole - self.base, self.seconds)
-        now = {key(r): r.events for r in self.report(self.delta, self.delta_s).rows}
+        since = self.named(self.whole - self.base)
+        now = {key(r): r.events for r in self.named(self.delta).rows}
         per_s = lambda events: events / self.delta_s if self.delta_s else 0.0
         devices, footnote = formats.device_column(since)
         rows = [(r, per_s(now.get(key(r), 0)), d) for r, d in zip(since.rows, devices)]
@@ -91,6 +92,7 @@ class View:
             self.draw()
 
     def final(self, delta, seconds):
+        """The last interval, up to the read after detaching: counted, not shown."""
         self.whole += delta
         self.seconds += seconds
 
