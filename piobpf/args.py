@@ -2,6 +2,7 @@
 
 import argparse
 import ipaddress
+import sys
 
 from . import __version__, compare, formats, ioports, names
 from .errors import CliError
@@ -12,6 +13,7 @@ EXAMPLES = """examples:
     piobpf                    # trace until Ctrl-C, then print a table
     piobpf -d 30              # trace for 30 seconds
     piobpf -i 1 -n 10         # top 10 ports every second
+    piobpf --live --by vm     # which port is hot now, full screen; q prints the table
     piobpf -d 10 --format json -o pio.json
     piobpf -d 30 --format seed   # the output of the perf + awk recipe
     piobpf -d 10 --by vm      # which VM: per VMM process, its top ports
@@ -97,7 +99,8 @@ def parse_args(argv):
     p.add_argument("-d", "--duration", type=positive(float), metavar="SECONDS",
                    help="trace this long (default: until Ctrl-C)")
     p.add_argument("-i", "--interval", type=positive(float), metavar="SECONDS",
-                   help="print the counts of every interval of this length")
+                   help="print the counts of every interval of this length "
+                        "(--live: refresh every SECONDS, default 1)")
     p.add_argument("-n", "--top", type=positive(int), metavar="TOP",
                    help="show only the TOP busiest rows (per VM or vCPU with --by)")
     p.add_argument("--latency", action="store_true",
@@ -127,6 +130,10 @@ def parse_args(argv):
     p.add_argument("--prometheus", type=listen_address, metavar="[ADDR:]PORT",
                    help="serve the cumulative counters at http://ADDR:PORT/metrics until "
                         "stopped (ADDR default 127.0.0.1; 0.0.0.0 or [::] for all interfaces)")
+    p.add_argument("--live", action="store_true",
+                   help="a full-screen view refreshed in place, busiest ports first (keys: "
+                        "q quit, s sort, p pause, r reset, g filter); the whole run's "
+                        "table is printed at the end")
     p.add_argument("--version", action="version", version=f"piobpf {__version__}")
     offline = p.add_mutually_exclusive_group()
     offline.add_argument("--from-perf", metavar="FILE",
@@ -139,6 +146,14 @@ def parse_args(argv):
     if args.sort == "time" and not args.latency:
         p.error("--sort time needs --latency")
     args.sort = args.sort or ("time" if args.latency else "events")
+    if args.live:
+        if args.format != "table" or args.output or args.prometheus or args.from_perf \
+                or args.compare:
+            p.error("--live draws on the terminal: --format, -o, --prometheus, --from-perf "
+                    "and --compare do not go with it")
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            p.error("--live needs a terminal on stdin and stdout")
+        args.interval = args.interval or 1.0
     if args.prometheus and (args.duration or args.interval or args.top or args.output
                             or args.format != "table" or args.from_perf or args.compare):
         p.error("--prometheus serves counters until stopped: -d, -i, -n, --format, -o, "

@@ -11,7 +11,7 @@ import io
 import os
 import sys
 
-from . import compare, naming, perfscript, results
+from . import compare, live, naming, perfscript, results
 from .args import parse_args
 from .errors import CliError, warn
 from .printer import Printer, open_output
@@ -101,6 +101,8 @@ def main(argv=None):
         if args.prometheus:
             from . import serve   # prometheus_client is needed only here
             return serve.run(args)
+        if args.live:
+            return live.run(args)
         return run_from_perf(args) if args.from_perf else run_trace(args)
     except CliError as e:
         warn(e)

@@ -43,7 +43,7 @@ def vcpu_label(row):
     return f"vCPU {row.vcpu}" if row.vcpu is not None else f"tid {row.tid}"
 
 
-def _device_column(report):
+def device_column(report):
     """DEVICE cells and the footnote saying where the names came from."""
     used = [src for src in SOURCES if any(r.device_source == src for r in report.rows)]
     mixed = len(used) > 1
@@ -107,7 +107,7 @@ def table(report):
     if report.latency:
         headers += ["TIME", "TIME%", "AVG", "MAX"]
     total, dur = report.total_events, report.duration_s
-    devices, footnote = _device_column(report)
+    devices, footnote = device_column(report)
     body = [cells + [r.direction, f"{r.port:#06x}", device, r.events,
                      f"{100.0 * r.events / total:.1f}" if total else "0.0",
                      f"{r.events / dur:.1f}" if dur > 0 else "-", r.bytes]

@@ -36,12 +36,16 @@ class Stopper:
     def stop(self):
         self.stopped = True
 
-    def wait(self, seconds):
-        """Sleep up to `seconds` (inf: until a signal)."""
-        if not self.stopped and seconds > 0:
-            timeout = None if seconds == float("inf") else seconds
-            if select.select([self._r], [], [], timeout)[0]:
-                os.read(self._r, 64)
+    def wait(self, seconds, fds=()):
+        """Sleep up to `seconds` (inf: until a signal), or until one of `fds`
+        (a terminal's keys) is readable; returns those that are."""
+        if self.stopped or seconds <= 0:
+            return []
+        timeout = None if seconds == float("inf") else seconds
+        ready = select.select([self._r, *fds], [], [], timeout)[0]
+        if self._r in ready:
+            os.read(self._r, 64)
+        return [fd for fd in ready if fd != self._r]
 
 
 def describe(args):
@@ -101,13 +105,15 @@ class Session:
             self.naming.learn(self.counter.read_keys(self.naming.watch))
         return None
 
-    def run(self, interval, final, progress=False):
+    def run(self, interval, final, progress=False, wait=None):
         """Count until -d, Ctrl-C or SIGTERM; the last read comes after detach.
 
         `interval(delta, seconds)` gets each -i interval, `final(snapshot,
         seconds)` the whole run (or, with -i, the last partial interval).
         Besides, once a second names learn of new VMs and moved BARs (`look`)
-        and progress shows."""
+        and progress shows. `wait(seconds)` sleeps between those (default:
+        stopper.wait); a front end that reads keys meanwhile passes its own,
+        which returns early once the stopper is stopped."""
         args = self.args
         start = last_t = time.monotonic()
         what = f"for {args.duration:g} s" if args.duration else "until Ctrl-C"
@@ -117,8 +123,9 @@ class Session:
         report_at = start + args.interval if args.interval else never
         second_at = start + SECOND if progress or self.naming.ticks or args.latency else never
         last, slow = Snapshot(), False
+        wait = wait or self.stopper.wait
         while not self.stopper.stopped:
-            self.stopper.wait(min(report_at, second_at, deadline) - time.monotonic())
+            wait(min(report_at, second_at, deadline) - time.monotonic())
             now = time.monotonic()
             if self.stopper.stopped or now >= deadline:
                 break

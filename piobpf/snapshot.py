@@ -72,3 +72,14 @@ class Snapshot:
                 times[key] = d
         lost = {k: n - earlier.lost.get(k, 0) for k, n in self.lost.items()}
         return Snapshot(diff, self.dropped - earlier.dropped, times, lost)
+
+    def __add__(self, later):
+        """This snapshot plus the interval after it: the snapshot at its end."""
+        counts, times = dict(self.counts), dict(self.times)
+        for key, c in later.counts.items():
+            counts[key] = counts.get(key, Counts()) + c
+        for key, t in later.times.items():
+            times[key] = times.get(key, Times()) + t
+        lost = {k: self.lost.get(k, 0) + later.lost.get(k, 0)
+                for k in self.lost.keys() | later.lost.keys()}
+        return Snapshot(counts, self.dropped + later.dropped, times, lost)

@@ -11,7 +11,7 @@ ORDER = ["__init__", "errors", "snapshot", "kernel",
          "formats", "printer", "httpserver", "exporter",                            # sinks
          "perfscript", "results", "compare",          # saved results (--from-perf, --compare)
          "session",                                                                # the run
-         "args", "serve", "cli", "__main__",                                       # front ends
+         "args", "serve", "live", "cli", "__main__",                               # front ends
          "guest", "perfrecord"]                       # the test guest, the perf helper
 
 
