@@ -7,20 +7,22 @@
 // pids map after load. kernel.py reads the layout of the structs below back
 // from the loaded program and refuses one it does not know.
 //
-// Counts are cumulative and never cleared: user space reads snapshots and
-// subtracts, so an event that lands while a read is under way is counted in
-// this interval or the next, never lost and never twice.
+// Counts are cumulative and never cleared while they can grow: user space
+// reads snapshots and subtracts, so an event that lands while a read is
+// under way is counted in this interval or the next, never lost and never
+// twice. By VM or vCPU, the counts of a VM whose process has exited are
+// final; user space moves them out of the map (kernel.py: evict).
 
 #if !defined(PIOBPF_PORT_KEYS) || !defined(PIOBPF_MAX_ENTRIES) || !defined(PIOBPF_MAX_PIDS) \
     || !defined(DROPPED_SLOTS)
 #error "compile through piobpf/kernel.py, which defines the parameters"
 #endif
-// PIOBPF_PORT_KEYS: 2 directions x 65536 ports; PIOBPF_MAX_ENTRIES: keys of
-// the hash (by VM or vCPU); PIOBPF_MAX_PIDS: processes -p can name.
+// PIOBPF_PORT_KEYS: 2 directions x 65536 ports; PIOBPF_MAX_ENTRIES: keys
+// by VM or vCPU; PIOBPF_MAX_PIDS: processes -p can name.
 
 struct pio_key {
     u32 dirport;    // direction << 16 | port
-    u32 tgid;       // 0 unless PIOBPF_KEY_TGID
+    u32 vm;         // the VM's id in vms (by VM or vCPU), else 0
     u32 tid;        // 0 unless PIOBPF_KEY_TID
 };
 
@@ -32,50 +34,238 @@ struct pio_counts {
 #endif
 };
 
-#ifndef PIOBPF_KEY_TGID
-// By port the key space is small and fixed: an array indexed by the key,
-// which the verifier turns into pointer arithmetic (no hashing, half the
-// cost of a hash lookup here) and which can never be full.
-BPF_ARRAY(counts, struct pio_counts, PIOBPF_PORT_KEYS);
-#else
-// A preallocated hash: inserts below max_entries cannot fail for memory.
-BPF_HASH(counts, struct pio_key, struct pio_counts, PIOBPF_MAX_ENTRIES);
-#endif
 // What could not be counted, reported, not hidden: events whose key could
-// not be inserted (map full); with PIOBPF_LATENCY also exit windows too long
-// to be emulation, ones without their port, and ones the time map had no room for.
-// The slots' indices (DROPPED_*) come from kernel.py's DROPPED.
+// not be counted (map full); with PIOBPF_LATENCY also exit windows too long
+// to be emulation, of vCPUs not looked up yet, and ones the time maps had no
+// room for. The slots' indices (DROPPED_*) come from kernel.py's DROPPED.
 BPF_ARRAY(dropped, u64, DROPPED_SLOTS);
 #ifdef PIOBPF_FILTER_PIDS
 BPF_HASH(pids, u32, u8, PIOBPF_MAX_PIDS);
 #endif
-
-#ifdef PIOBPF_KEY_TGID
-typedef struct pio_key pio_key_t;
-#else
-typedef u32 pio_key_t;      // by port: the array's index, dirport
-#endif
-
-// The key of an event of the calling thread: the one place keys are made,
-// for the count map and the time map alike.
-static __always_inline pio_key_t key_of(u32 dirport, u64 id)
-{
-#ifdef PIOBPF_KEY_TGID
-    pio_key_t key = {.dirport = dirport, .tgid = id >> 32};
-#ifdef PIOBPF_KEY_TID
-    key.tid = (u32)id;
-#endif
-    return key;
-#else
-    return dirport;
-#endif
-}
 
 static __always_inline void count_dropped(u32 idx)
 {
     u64 *d = dropped.lookup(&idx);
     if (d)
         __sync_fetch_and_add(d, 1);
+}
+
+#ifndef PIOBPF_KEY_TGID
+// By port the key space is small and fixed: an array indexed by the key,
+// which the verifier turns into pointer arithmetic (no hashing, half the
+// cost of a hash lookup here) and which can never be full.
+BPF_ARRAY(counts, struct pio_counts, PIOBPF_PORT_KEYS);
+#else
+#if !defined(PIOBPF_MAX_VMS) || !defined(PIOBPF_RECENT) || !defined(PIOBPF_TASK_GROUP_LEADER) \
+    || !defined(PIOBPF_TASK_START_BOOTTIME) || !defined(PIOBPF_TASK_SIGNAL) \
+    || !defined(PIOBPF_SIGNAL_LIVE)
+#error "compile through piobpf/kernel.py, which defines the parameters"
+#endif
+// PIOBPF_MAX_VMS: VMM processes at once; PIOBPF_RECENT: a CPU's remembered
+// keys; PIOBPF_TASK_* and PIOBPF_SIGNAL_LIVE: byte offsets of those fields
+// of task_struct and signal_struct, from the running kernel's BTF (its
+// headers may be another version's).
+
+// A VM is a process, not a pid: a pid recycled for a new process is a new
+// VM, with a new id and keys of its own.
+struct vm {
+    u32 tgid;
+    u32 exited;     // set when its last thread exits: its counts are final
+    u64 start;      // the process's start, ns after boot (as /proc/PID/stat's, in ticks)
+};
+
+// Keys by VM or vCPU live in a hash, but the counts in an array: each key
+// gets a slot of counts when first seen, and each CPU remembers the slots
+// of its recent keys, so most events find their counts by array index, as
+// by port, without hashing.
+struct recent {
+    u64 thread;     // pid_tgid of the event, the tid part 0 unless PIOBPF_KEY_TID
+    u32 dirport;
+    u32 slot;
+    u32 epoch;      // valid while epoch[0] is this
+};
+
+BPF_ARRAY(counts, struct pio_counts, PIOBPF_MAX_ENTRIES);   // indexed by slot
+BPF_HASH(slots, struct pio_key, u32, PIOBPF_MAX_ENTRIES);   // key -> slot
+BPF_STACK(spare, u32, PIOBPF_MAX_ENTRIES);                  // free slots, from user space
+BPF_HASH(live, u32, u32, PIOBPF_MAX_VMS);                   // tgid -> VM id, while it runs
+BPF_HASH(vms, u32, struct vm, PIOBPF_MAX_VMS);              // VM id -> process, until evicted
+// Bumped (by 2: odd, never 0) when a VM exits: every CPU's recent slots are
+// then stale, so none outlives the process it was for (its pid may be
+// recycled next). 0 until user space has filled spare and sets 1: nothing
+// is counted before.
+BPF_ARRAY(epoch, u32, 1);
+BPF_PERCPU_ARRAY(recent, struct recent, PIOBPF_RECENT);
+// A VM came or went: wakes user space, which then reads vms. A full ring
+// loses nothing: it is full of rings not yet drained, so user space wakes.
+BPF_RINGBUF_OUTPUT(doorbell, 1);
+
+static __always_inline u64 read_u64(u64 addr)
+{
+    u64 value = 0;
+    bpf_probe_read_kernel(&value, sizeof(value), (void *)addr);
+    return value;
+}
+
+// True when the current task is the last of its process to exit: then no
+// thread of it can count any more.
+static __always_inline bool group_dead(void)
+{
+    u64 signal = read_u64(bpf_get_current_task() + PIOBPF_TASK_SIGNAL);
+    int live_threads = 1;
+    bpf_probe_read_kernel(&live_threads, sizeof(live_threads),
+                          (void *)(signal + PIOBPF_SIGNAL_LIVE));
+    return live_threads == 0;
+}
+
+// A process exits. A raw tracepoint: it runs in the exiting task, and it
+// cannot hide the event from a perf session. Attached with the counting
+// program, which counts nothing until user space starts it (epoch), so no
+// exit of a counted process goes unseen.
+static __always_inline void vm_exit(void)
+{
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u32 *vm = live.lookup(&tgid);
+#ifdef PIOBPF_FILTER_PIDS
+    if (!vm && !pids.lookup(&tgid))
+        return;
+#else
+    if (!vm)
+        return;
+#endif
+    if (!group_dead())
+        return;
+#ifdef PIOBPF_FILTER_PIDS
+    pids.delete(&tgid);     // -p named this process, not whatever gets its pid next
+#endif
+    if (!vm)
+        return;
+    u32 id = *vm, zero = 0;
+    live.delete(&tgid);     // the next process with this pid is a new VM
+    u32 *e = epoch.lookup(&zero);
+    if (e)
+        __sync_fetch_and_add(e, 2);
+    // Then, and only then, user space may take its keys' slots back.
+    struct vm *v = vms.lookup(&id);
+    if (v)
+        v->exited = 1;
+    doorbell.ringbuf_output(&tgid, sizeof(tgid), 0);
+    return;
+}
+
+// The id of this process's VM; a new one on its first event.
+static __always_inline u32 *vm_of(u32 tgid)
+{
+    u32 *vm = live.lookup(&tgid);
+    if (vm)
+        return vm;
+    u64 leader = read_u64(bpf_get_current_task() + PIOBPF_TASK_GROUP_LEADER);
+    struct vm new = {.tgid = tgid, .start = read_u64(leader + PIOBPF_TASK_START_BOOTTIME)};
+    // A random id that no VM in vms holds (BCC's compiler cannot return a
+    // counter's old value from an atomic add). Inserting it claims it.
+    u32 id = bpf_get_prandom_u32();
+    if (vms.insert(&id, &new)) {
+        id = bpf_get_prandom_u32();
+        if (vms.insert(&id, &new))
+            return 0;
+    }
+    if (live.insert(&tgid, &id) == 0)
+        doorbell.ringbuf_output(&tgid, sizeof(tgid), 0);
+    else
+        vms.delete(&id);    // another CPU's event of this process came first
+    return live.lookup(&tgid);
+}
+
+// The key of this event for every map keyed like counts: (direction, port),
+// the VM and, by vCPU, the thread. False when it is not counted (filtered
+// out, or no room for a new VM: then counted as dropped).
+static __always_inline bool pio_key(struct pio_key *key, u32 dirport, u64 id)
+{
+    u32 tgid = id >> 32;
+#ifdef PIOBPF_FILTER_PIDS
+    if (!pids.lookup(&tgid))
+        return false;
+#endif
+    u32 *vm = vm_of(tgid);
+    if (!vm) {
+        count_dropped(DROPPED_EVENTS);
+        return false;
+    }
+    key->dirport = dirport;
+    key->vm = *vm;
+#ifdef PIOBPF_KEY_TID
+    key->tid = (u32)id;
+#endif
+    return true;
+}
+
+// The slot of counts that `key` has, or a spare one it takes now.
+static __always_inline u32 *slot_of(struct pio_key *key)
+{
+    u32 *slot = slots.lookup(key);
+    if (slot)
+        return slot;
+    u32 fresh;
+    if (spare.pop(&fresh))
+        return 0;           // every slot taken: the map is full
+#ifdef PIOBPF_KEY_TID
+    struct pio_counts *c = counts.lookup(&fresh);
+    if (c)
+        bpf_get_current_comm(&c->comm, sizeof(c->comm));
+#endif
+    if (slots.insert(key, &fresh))
+        spare.push(&fresh, 0);  // another CPU gave the key a slot first
+    return slots.lookup(key);
+}
+#endif
+
+// The index of this event's counts in counts, and in every array keyed like
+// it: by port the (direction, port) itself, by VM or vCPU the slot of its
+// key. False when the event is not counted.
+static __always_inline bool pio_slot(u32 *slot, u32 rw, u32 port)
+{
+    u32 dirport = (rw ? 0x10000 : 0) | (port & 0xffff);
+#ifndef PIOBPF_KEY_TGID
+#ifdef PIOBPF_FILTER_PIDS
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (!pids.lookup(&tgid))
+        return false;
+#endif
+    *slot = dirport;
+    return true;
+#else
+    u64 id = bpf_get_current_pid_tgid();
+#ifdef PIOBPF_KEY_TID
+    u64 thread = id;
+#else
+    u64 thread = id >> 32 << 32;
+#endif
+    u32 way = (dirport ^ (u32)id) % PIOBPF_RECENT, zero = 0;
+    struct recent *r = recent.lookup(&way);
+    u32 *e = epoch.lookup(&zero);
+    if (!r || !e)
+        return false;
+    u32 now = *e;
+    if (!now)
+        return false;   // not started (so entries of epoch 0 match nothing)
+    if (r->thread == thread && r->dirport == dirport && r->epoch == now) {
+        *slot = r->slot;
+        return true;
+    }
+    struct pio_key key = {};
+    if (!pio_key(&key, dirport, id))
+        return false;
+    u32 *s = slot_of(&key);
+    if (!s) {
+        count_dropped(DROPPED_EVENTS);
+        return false;
+    }
+    *slot = r->slot = *s;
+    r->thread = thread;
+    r->dirport = dirport;
+    r->epoch = now;
+    return true;
+#endif
 }
 
 #ifdef PIOBPF_LATENCY
@@ -103,14 +293,16 @@ struct pio_time {
     u64 max_ns;                     // the longest
     u64 hist[PIOBPF_HIST_SLOTS];    // log2, as BCC's: slot i counts [2^(i-1), 2^i) ns
 };
-BPF_HASH(times, pio_key_t, struct pio_time, PIOBPF_TIME_ENTRIES);
+// Keyed as counts is indexed: by port the (direction, port), by VM or vCPU
+// the key's slot (pio_slot).
+BPF_HASH(times, u32, struct pio_time, PIOBPF_TIME_ENTRIES);
 
 // Per vCPU thread: the exit under way. Bounded, and emptied when a thread
 // exits, so a vCPU killed in the middle of an exit leaves nothing behind.
 struct pio_pending {
     u64 user_ts;            // left KVM_RUN for user space (0: not out)
     u64 exit_ts;            // kvm_exit (0: none seen)
-    pio_key_t kernel_key;   // the port I/O between kvm_exit and kvm_entry
+    u32 kernel_slot;        // the port I/O between kvm_exit and kvm_entry
     u8 has_kernel;
 };
 BPF_HASH(pending, u32, struct pio_pending, PIOBPF_MAX_THREADS);
@@ -142,28 +334,28 @@ static __always_inline struct pio_pending *pending_of(u64 id)
     return p;
 }
 
-static __always_inline void time_window(pio_key_t *key, u64 ns)
+static __always_inline void time_window(u32 slot, u64 ns)
 {
     if (ns > PIOBPF_MAX_WINDOW_NS) {    // a stopped VM, not emulation
         count_dropped(DROPPED_TOO_LONG);
         return;
     }
-    struct pio_time *t = times.lookup(key);
+    struct pio_time *t = times.lookup(&slot);
     if (!t) {
         struct pio_time zero = {};
-        times.insert(key, &zero);
-        t = times.lookup(key);
+        times.insert(&slot, &zero);
+        t = times.lookup(&slot);
         if (!t) {
             count_dropped(DROPPED_NO_ROOM);
             return;
         }
     }
-    u32 slot = bpf_log2l(ns);
-    if (slot >= PIOBPF_HIST_SLOTS)
-        slot = PIOBPF_HIST_SLOTS - 1;
+    u32 bucket = bpf_log2l(ns);
+    if (bucket >= PIOBPF_HIST_SLOTS)
+        bucket = PIOBPF_HIST_SLOTS - 1;
     __sync_fetch_and_add(&t->windows, 1);
     __sync_fetch_and_add(&t->time_ns, ns);
-    __sync_fetch_and_add(&t->hist[slot], 1);
+    __sync_fetch_and_add(&t->hist[bucket], 1);
     if (ns > t->max_ns)     // a race with another CPU may keep the lower of two
         t->max_ns = ns;
 }
@@ -173,7 +365,7 @@ static __always_inline void time_window(pio_key_t *key, u64 ns)
 BPF_ARRAY(kvm_exit_fires, u8, 1);
 
 // From count_pio: the port of an exit the kernel may handle in place.
-static __always_inline void time_pio(pio_key_t *key, u64 id)
+static __always_inline void time_pio(u32 slot, u64 id)
 {
     u32 zero = 0;
     u8 *fires = kvm_exit_fires.lookup(&zero);
@@ -182,7 +374,7 @@ static __always_inline void time_pio(pio_key_t *key, u64 id)
     u32 tid = id;
     struct pio_pending *p = pending.lookup(&tid);
     if (p && p->exit_ts) {
-        p->kernel_key = *key;
+        p->kernel_slot = slot;
         p->has_kernel = 1;
     }
 }
@@ -230,9 +422,9 @@ TRACEPOINT_PROBE(syscalls, sys_enter_ioctl)
         count_dropped(DROPPED_UNRESOLVED);
         return 0;
     }
-    u32 dirport = (io.direction == KVM_EXIT_IO_OUT ? 0x10000 : 0) | io.port;
-    pio_key_t key = key_of(dirport, id);
-    time_window(&key, ns);
+    u32 slot;
+    if (pio_slot(&slot, io.direction == KVM_EXIT_IO_OUT, io.port))
+        time_window(slot, ns);
     return 0;
 }
 
@@ -257,53 +449,30 @@ RAW_TRACEPOINT_PROBE(kvm_entry)
     if (!p)
         return 0;
     if (p->exit_ts && p->has_kernel)
-        time_window(&p->kernel_key, bpf_ktime_get_ns() - p->exit_ts);
+        time_window(p->kernel_slot, bpf_ktime_get_ns() - p->exit_ts);
     p->exit_ts = 0;
     return 0;
 }
 
-RAW_TRACEPOINT_PROBE(sched_process_exit)
+static __always_inline void thread_exit(void)
 {
     u32 tid = bpf_get_current_pid_tgid();
     pending.delete(&tid);
-    return 0;
 }
 #endif
 
-
 static __always_inline void count_pio(u32 rw, u32 port, u32 size, u32 count)
 {
-    u32 dirport = (rw ? 0x10000 : 0) | (port & 0xffff);
-    u64 id = bpf_get_current_pid_tgid();
-#ifdef PIOBPF_FILTER_PIDS
-    u32 tgid = id >> 32;
-    if (!pids.lookup(&tgid))
+    u32 slot;
+    if (!pio_slot(&slot, rw, port))
         return;
-#endif
-    pio_key_t key = key_of(dirport, id);
-    struct pio_counts *c = counts.lookup(&key);
-#ifndef PIOBPF_KEY_TGID
-    if (!c)         // never: dirport < PIOBPF_PORT_KEYS; the verifier wants the check
+    struct pio_counts *c = counts.lookup(&slot);
+    if (!c)         // never: the index is below the array's size; the verifier wants the check
         return;
-#else
-    if (!c) {
-        struct pio_counts zero = {};
-#ifdef PIOBPF_KEY_TID
-        bpf_get_current_comm(&zero.comm, sizeof(zero.comm));
-#endif
-        // BPF_NOEXIST: when another CPU inserted the key first, keep its counts.
-        counts.insert(&key, &zero);
-        c = counts.lookup(&key);
-        if (!c) {
-            count_dropped(DROPPED_EVENTS);
-            return;
-        }
-    }
-#endif
     __sync_fetch_and_add(&c->events, 1);
     __sync_fetch_and_add(&c->bytes, (u64)size * count);
 #ifdef PIOBPF_LATENCY
-    time_pio(&key, id);
+    time_pio(slot, bpf_get_current_pid_tgid());
 #endif
 }
 
@@ -322,6 +491,21 @@ TRACEPOINT_PROBE(kvm, kvm_pio)
 RAW_TRACEPOINT_PROBE(kvm_pio)
 {
     count_pio(ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[3]);
+    return 0;
+}
+#endif
+
+#if defined(PIOBPF_KEY_TGID) || defined(PIOBPF_LATENCY)
+// A thread exits: its exit window, if one is open, ends with it; the last
+// thread of a counted VMM ends the VM.
+RAW_TRACEPOINT_PROBE(sched_process_exit)
+{
+#ifdef PIOBPF_LATENCY
+    thread_exit();
+#endif
+#ifdef PIOBPF_KEY_TGID
+    vm_exit();
+#endif
     return 0;
 }
 #endif

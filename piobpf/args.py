@@ -9,6 +9,8 @@ from .errors import CliError
 from .kernel import ATTACH_MODES, BY_MODES, DEFAULT_MAX_ENTRIES, MAX_PIDS
 from .naming import DEVICE_MAPS
 
+DEFAULT_RETENTION = 300.0   # seconds --prometheus serves an exited VM's final counts
+
 EXAMPLES = """examples:
     piobpf                    # trace until Ctrl-C, then print a table
     piobpf -d 30              # trace for 30 seconds
@@ -134,6 +136,9 @@ def parse_args(argv):
                    help="a full-screen view refreshed in place, busiest ports first (keys: "
                         "q quit, s sort, p pause, r reset, g filter); the whole run's "
                         "table is printed at the end")
+    p.add_argument("--retention", type=positive(float), metavar="SECONDS",
+                   help=f"with --prometheus: serve an exited VM's final counts this long, "
+                        f"then end its series (default {DEFAULT_RETENTION:g})")
     p.add_argument("--version", action="version", version=f"piobpf {__version__}")
     offline = p.add_mutually_exclusive_group()
     offline.add_argument("--from-perf", metavar="FILE",
@@ -164,6 +169,10 @@ def parse_args(argv):
             or args.device_map != "auto" or args.latency):
         p.error("-d, -i, -p, --by, --map-size, --attach, --device-map and --latency are for "
                 "tracing, not for --from-perf or --compare")
+    if args.retention and not args.prometheus:
+        p.error("--retention is for --prometheus: a printed run shows an exited VM's "
+                "counts to its end")
+    args.retention = args.retention or DEFAULT_RETENTION
     if args.map_size > 1 << 24:
         p.error(f"--map-size: at most {1 << 24}")
     if args.by == "port" and args.map_size != DEFAULT_MAX_ENTRIES:

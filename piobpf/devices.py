@@ -10,7 +10,8 @@ from the fallback table.
 A map is read when the VM is first seen, then again when its guest may have
 moved a BAR (it wrote PCI configuration data, ports 0xcfc-0xcff) and every
 REFRESH seconds (configuration through MMIO is not seen here), never more
-often than every MIN_GAP seconds.
+often than every MIN_GAP seconds. A VM is a process (a Proc), so a map is
+never taken for that of a new process with a recycled pid.
 """
 
 import os
@@ -18,8 +19,7 @@ import queue
 import threading
 import time
 
-from . import monitor, mtree, qemucmd
-from .names import read_proc
+from . import monitor, mtree, names, qemucmd
 from .snapshot import WRITE
 
 VMM, IOPORTS_FILE, HOST_IOPORTS = "vmm", "ioports-file", "host-ioports"
@@ -35,8 +35,8 @@ VARIES = "varies: "
 class Vm:
     """One VMM process with a monitor, and what is known of its map."""
 
-    def __init__(self, pid, mon):
-        self.pid, self.monitor = pid, mon
+    def __init__(self, proc, mon):
+        self.proc, self.monitor = proc, mon
         self.map = None         # the last map read (kept when a later read fails)
         self.error = None       # why the last read failed
         self.asked_at = None    # when the last read was queued
@@ -49,8 +49,8 @@ class VmmMaps:
 
     def __init__(self, pids=None, proc="/proc", timeout=TIMEOUT, clock=time.monotonic):
         self._pids, self._proc, self._timeout, self._clock = pids, proc, timeout, clock
-        self.vms = {}           # pid -> Vm; kept after exit, to name its counted ports
-        self._known = set()     # every pid looked at, VMM or not
+        self.vms = {}           # Proc -> Vm; kept after exit until forgotten, to name its ports
+        self._known = set()     # every Proc looked at, VMM or not, while its pid runs
         self._queue = queue.SimpleQueue()
         for _ in range(WORKERS):
             # Daemon threads: a query stuck in a hung monitor never delays exit.
@@ -58,23 +58,33 @@ class VmmMaps:
         self.scan()
 
     def scan(self):
-        """Look at processes new since the last scan; queue reads of VMMs' maps."""
-        pids = self._pids or {int(d) for d in os.listdir(self._proc) if d.isdigit()}
-        for pid in set(pids) - self._known:
-            self.see(pid)
-        # Forget exited pids, so that a VMM reusing one is still found.
-        self._known &= set(pids)
+        """Look at processes new since the last scan; queue reads of VMMs' maps.
+        Returns the VMMs whose process has exited since."""
+        pids = set(self._pids or {int(d) for d in os.listdir(self._proc) if d.isdigit()})
+        for pid in pids - {p.pid for p in self._known}:
+            p = names.process(pid, self._proc)
+            if p:
+                self.see(p)
+        # Forget exited processes, so that a VMM reusing a pid is still found.
+        gone = {p for p in self._known if p.pid not in pids}
+        self._known -= gone
+        return [p for p in gone if p in self.vms]
 
-    def see(self, pid):
-        """A process seen doing port I/O, or new on the host."""
-        if pid in self._known:
+    def see(self, p):
+        """A process (Proc) seen doing port I/O, or new on the host."""
+        if p in self._known:
             return
-        self._known.add(pid)
-        cmdline = read_proc(f"{self._proc}/{pid}/cmdline")
+        self._known.add(p)
+        cmdline = names.read_proc(f"{self._proc}/{p.pid}/cmdline")
         mon = cmdline and qemucmd.find_monitor(cmdline.decode(errors="replace").split("\0"))
-        if mon:
-            self.vms[pid] = vm = Vm(pid, mon)
+        if mon and names.start_time(p.pid, self._proc) == p.start:   # read of `p`
+            self.vms[p] = vm = Vm(p, mon)
             self._ask(vm, 0)
+
+    def forget(self, procs):
+        """Drop the maps of these exited VMs."""
+        for p in procs:
+            self.vms.pop(p, None)
 
     def learn(self, snapshot):
         """Read again the maps that may have changed; `snapshot` holds the counts
@@ -88,8 +98,8 @@ class VmmMaps:
                 total += c.events
         now = self._clock()
         for vm in self.vms.values():
-            count = writes.get(vm.pid, 0) if per_vm else total
-            if vm.busy or now - vm.asked_at < MIN_GAP or vm.pid not in self._known:
+            count = writes.get(vm.proc, 0) if per_vm else total
+            if vm.busy or now - vm.asked_at < MIN_GAP or vm.proc not in self._known:
                 continue
             if count != vm.writes or now - vm.asked_at >= REFRESH:
                 self._ask(vm, count)
@@ -102,14 +112,14 @@ class VmmMaps:
         while True:
             vm = self._queue.get()
             try:
-                vm.map = mtree.parse(monitor.ask(vm.monitor, vm.pid, self._timeout))
+                vm.map = mtree.parse(monitor.ask(vm.monitor, vm.proc.pid, self._timeout))
                 vm.error = None
             except (monitor.MonitorError, ValueError) as e:
                 vm.error = str(e)
             vm.busy = False
 
-    def map_of(self, pid):
-        vm = self.vms.get(pid)
+    def map_of(self, proc):
+        vm = self.vms.get(proc)
         return vm.map if vm else None
 
     def maps(self):
@@ -117,16 +127,16 @@ class VmmMaps:
 
 
 class DeviceNames:
-    """(device, source) of a port: the VM's map (`pid`), or the map every VM
-    agrees on (by port, no pid), else the fallback ioports `table`."""
+    """(device, source) of a port: the VM's map (`proc`), or the map every VM
+    agrees on (by port, no VM), else the fallback ioports `table`."""
 
     def __init__(self, table, source=HOST_IOPORTS, maps=None):
         self.table, self.source, self.maps = table, source, maps
 
-    def __call__(self, port, pid=None):
+    def __call__(self, port, proc=None):
         if self.maps:
-            if pid is not None:
-                found = self.maps.map_of(pid)
+            if proc is not None:
+                found = self.maps.map_of(proc)
                 if found:
                     return found.lookup(port), VMM
             else:

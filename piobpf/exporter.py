@@ -1,12 +1,15 @@
 """The Prometheus sink: a tracing session's cumulative counts as metrics.
 
-The map is read at each scrape, so every sample is exact and current, and as
-the map is never cleared the counters never go backwards. `families` (a
-snapshot to metric families) is pure and tested without root.
+The map is read at each scrape, so every sample is exact and current, and
+counters never go backwards: a VM that exits keeps its final counts for the
+retention, then its series end (at once when a new VM gets its pid, as the
+two could share their labels). `families` (a snapshot to metric families)
+is pure and tested without root.
 """
 
 import errno
 import threading
+import time
 from collections import defaultdict
 
 from .errors import CliError
@@ -63,8 +66,9 @@ def exit_seconds(times, by):
     return family
 
 
-def families(snapshot, naming, max_entries, by="port", latency=False):
-    """The metric families of a cumulative snapshot."""
+def families(snapshot, naming, max_entries, by="port", entries=None, latency=False):
+    """The metric families of a cumulative snapshot; `entries`: keys in the
+    kernel map now (default: the snapshot's keys)."""
     # Keys can share labels (a vCPU thread replaced by one of the same name):
     # their sum is still a counter, where two series of one name would clash.
     summed, times = defaultdict(Counts), defaultdict(Times)
@@ -83,8 +87,9 @@ def families(snapshot, naming, max_entries, by="port", latency=False):
         events, nbytes,
         CounterMetricFamily("piobpf_dropped_events", "Events not counted per key because "
                             "the kernel map was full", value=snapshot.dropped),
-        GaugeMetricFamily("piobpf_map_entries", "Keys counted so far: entries in use in "
-                          "the kernel map, which is never cleared", value=len(snapshot.counts)),
+        GaugeMetricFamily("piobpf_map_entries", "Entries in use in the kernel map (by VM or "
+                          "vCPU, the keys of exited VMs leave it)",
+                          value=len(snapshot.counts) if entries is None else entries),
         GaugeMetricFamily("piobpf_map_max_entries", "Keys the kernel map can hold",
                           value=max_entries),
     ] + ([exit_seconds(times, by)] if latency else [])
@@ -92,16 +97,26 @@ def families(snapshot, naming, max_entries, by="port", latency=False):
 
 class PioCollector(Collector):
     """Reads the counter at each scrape. Scrapes run in the server's threads
-    and `learn` in the main one: a lock keeps them from reading at once."""
+    and `learn` in the main one: a lock keeps them from reading at once.
 
-    def __init__(self, session):
-        self._session = session
+    An exited VM's final counts are served `retention` seconds, then forgotten."""
+
+    def __init__(self, session, retention):
+        self._session, self.retention = session, retention
         self._lock = threading.Lock()
 
+    def _sync(self):
+        """VMs that came and went; those exited more than the retention ago,
+        or whose pid a new VM has, forgotten."""
+        came = self._session.sync()
+        self._session.expire(time.monotonic() - self.retention, {p.pid for p in came})
+
     def learn(self):
-        """Name the VMs that are new since the last look, while they run."""
+        """At a ring and each second: VMs that came and went, and the look of
+        each second (new VMMs' maps)."""
         with self._lock:
             if self._session:
+                self._sync()
                 self._session.look()
 
     def collect(self):
@@ -109,7 +124,9 @@ class PioCollector(Collector):
             if not self._session:
                 return []
             s = self._session
-            return families(s.read(), s.naming, s.capacity, s.naming.by, s.latency)
+            self._sync()
+            snapshot = s.read()
+            return families(snapshot, s.naming, s.capacity, s.naming.by, s.entries, s.latency)
 
     def close(self):
         """Wait for a scrape under way; later ones find nothing (the map is going)."""

@@ -6,6 +6,7 @@ that can go wrong on the way in is a TraceError with one line to show.
 
 import ctypes
 import errno
+import itertools
 import os
 import platform
 import struct
@@ -14,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import warn
-from .snapshot import READ, WRITE, Counts, Snapshot, Times
+from .snapshot import READ, WRITE, Counts, Proc, Snapshot, Times
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 RAW_ARGS = ["rw", "port", "size", "count"]     # TP_PROTO order the raw probe reads
@@ -36,17 +37,31 @@ HIST_SLOTS = 35                     # log2 buckets of ns, up to 2^34 ns (17 s)
 MAX_WINDOW_NS = 10 * 10**9
 TIME_ENTRIES = 16384                # keys with timed exits
 MAX_THREADS = 16384                 # vCPU threads (and their fds) timed at once
+MAX_VMS = 16384     # VMM processes counted at once by VM or vCPU (at most --map-size)
+RECENT = 64         # keys whose counts' slot each CPU remembers, by VM or vCPU
 # What each --by adds to the key, as the BPF C's -D switches.
 BY_KEYS = {"port": (), "vm": ("PIOBPF_KEY_TGID",), "vcpu": ("PIOBPF_KEY_TGID", "PIOBPF_KEY_TID")}
 BY_MODES = tuple(BY_KEYS)
-# The map's structs as this module reads them (by port the key is the array index).
-KEY_FIELDS = {"port": ("value",), "vm": ("dirport", "tgid", "tid"),
-              "vcpu": ("dirport", "tgid", "tid")}
+# The maps' structs as this module reads them. The counts are an array: by
+# port indexed by the key, by VM or vCPU by a slot that `slots` gives each key.
+KEY_FIELDS = {"port": ("value",), "vm": ("dirport", "vm", "tid"),
+              "vcpu": ("dirport", "vm", "tid")}
 LEAF_FIELDS = {"port": ("events", "bytes"), "vm": ("events", "bytes"),
                "vcpu": ("events", "bytes", "comm")}
 TIME_FIELDS = ("windows", "time_ns", "max_ns", "hist")
 # The latency programs' raw tracepoints (BCC attaches them at load).
 LATENCY_RAW_TRACEPOINTS = ("kvm_userspace_exit", "kvm_exit", "kvm_entry", "sched_process_exit")
+INDEX = ("value",)                  # an array's key, a slot, a VM id
+VM_FIELDS = ("tgid", "exited", "start")
+# Fields of the running kernel's own structs that the program reads by VM
+# or vCPU (a process's start, whether its last thread exits), as -D flags of
+# their byte offsets: from the kernel's BTF, since the headers BCC compiles
+# against may be another version's.
+KERNEL_FIELDS = {"PIOBPF_TASK_GROUP_LEADER": ("task_struct", "group_leader"),
+                 "PIOBPF_TASK_START_BOOTTIME": ("task_struct", "start_boottime"),
+                 "PIOBPF_TASK_SIGNAL": ("task_struct", "signal"),
+                 "PIOBPF_SIGNAL_LIVE": ("signal_struct", "live")}
+TICK_NS = 10**9 // os.sysconf("SC_CLK_TCK")    # the unit of /proc/PID/stat's start time
 
 
 class TraceError(Exception):
@@ -188,6 +203,70 @@ def layout(ctype, names):
     return fmt
 
 
+class BtfType(ctypes.Structure):
+    _fields_ = [("name_off", ctypes.c_uint32), ("info", ctypes.c_uint32),
+                ("size", ctypes.c_uint32)]
+
+
+class BtfMember(ctypes.Structure):
+    _fields_ = [("name_off", ctypes.c_uint32), ("type", ctypes.c_uint32),
+                ("offset", ctypes.c_uint32)]
+
+
+BTF_KIND_STRUCT, BTF_KIND_UNION = 4, 5
+
+
+def kernel_offsets(fields=KERNEL_FIELDS):
+    """{flag: byte offset} of each (struct, field) in the running kernel, read
+    from its BTF with libbpf (which BCC itself links)."""
+    try:
+        libbpf = ctypes.CDLL("libbpf.so.1", use_errno=True)
+    except OSError:
+        raise TraceError("--by vm|vcpu needs libbpf.so.1 (apt-get install libbpf1)") from None
+    libbpf.btf__load_vmlinux_btf.restype = ctypes.c_void_p
+    libbpf.btf__find_by_name_kind.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32]
+    libbpf.btf__type_by_id.restype = ctypes.POINTER(BtfType)
+    libbpf.btf__type_by_id.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+    libbpf.btf__name_by_offset.restype = ctypes.c_char_p
+    libbpf.btf__name_by_offset.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+    libbpf.btf__free.argtypes = [ctypes.c_void_p]
+    btf = libbpf.btf__load_vmlinux_btf()
+    if not btf:
+        raise TraceError("--by vm|vcpu needs the kernel's BTF (/sys/kernel/btf/vmlinux, "
+                         "CONFIG_DEBUG_INFO_BTF), to tell a process from a later one with "
+                         "its pid")
+
+    def members(type_id, base=0):
+        """(name, byte offset) of a struct's fields, those of anonymous members inlined."""
+        t = libbpf.btf__type_by_id(btf, type_id).contents
+        kind_flag = t.info >> 31
+        kinds = ctypes.POINTER(BtfMember)
+        array = ctypes.cast(ctypes.addressof(t) + ctypes.sizeof(BtfType), kinds)
+        for m in array[:t.info & 0xFFFF]:
+            at = base + (m.offset & 0xFFFFFF if kind_flag else m.offset) // 8
+            name = libbpf.btf__name_by_offset(btf, m.name_off)
+            inner = libbpf.btf__type_by_id(btf, m.type).contents.info >> 24 & 0x1F
+            if not name and inner in (BTF_KIND_STRUCT, BTF_KIND_UNION):
+                yield from members(m.type, at)
+            elif name:
+                yield name.decode(), at
+
+    try:
+        found, layouts = {}, {}
+        for flag, (struct_name, field) in fields.items():
+            if struct_name not in layouts:
+                type_id = libbpf.btf__find_by_name_kind(btf, struct_name.encode(),
+                                                        BTF_KIND_STRUCT)
+                layouts[struct_name] = dict(members(type_id)) if type_id > 0 else {}
+            if field not in layouts[struct_name]:
+                raise TraceError(f"the kernel's BTF has no {struct_name}.{field}, which "
+                                 "--by vm|vcpu reads: this kernel is not supported")
+            found[flag] = layouts[struct_name][field]
+        return found
+    finally:
+        libbpf.btf__free(btf)
+
+
 def load(bcc, path, cflags):
     """Compile and load; a failure is one line (clang's first error), not
     the pages clang writes to stderr."""
@@ -212,9 +291,14 @@ def load(bcc, path, cflags):
 class PioCounter:
     """kvm:kvm_pio counts aggregated in the kernel.
 
-    Snapshot keys are (direction, port), plus the VMM's pid with by="vm",
-    plus pid and tid with by="vcpu". `pids` limits counting to those VMM
-    processes, in the kernel."""
+    Snapshot keys are (direction, port), plus the VMM process (a Proc: pid
+    and start time) with by="vm", plus it and the tid with by="vcpu". `pids`
+    limits counting to those VMM processes, in the kernel.
+
+    By VM or vCPU, `doorbells` are fds that turn readable when a VM comes or
+    goes; `sync` then says which, and moves the counts of a VM that exited
+    out of the kernel map into this object, where reads find them until
+    `forget`."""
 
     def __init__(self, attach="auto", max_entries=DEFAULT_MAX_ENTRIES, by="port", pids=(),
                  latency=False):
@@ -230,6 +314,10 @@ class PioCounter:
                   f"-DPIOBPF_MAX_PIDS={MAX_PIDS}", f"-DDROPPED_SLOTS={len(DROPPED)}"]
         cflags += [f"-DDROPPED_{name.upper()}={i}" for i, name in enumerate(DROPPED)]
         cflags += [f"-D{k}" for k in BY_KEYS[by]]
+        if BY_KEYS[by]:
+            cflags += [f"-DPIOBPF_MAX_VMS={min(MAX_VMS, int(max_entries))}",
+                       f"-DPIOBPF_RECENT={RECENT}"]
+            cflags += [f"-D{flag}={offset}" for flag, offset in kernel_offsets().items()]
         if latency:
             cflags += ["-DPIOBPF_LATENCY", f"-DPIOBPF_HIST_SLOTS={HIST_SLOTS}",
                        f"-DPIOBPF_MAX_WINDOW_NS={MAX_WINDOW_NS}ULL",
@@ -243,7 +331,8 @@ class PioCounter:
         self._bpf = load(bcc, bpf_source_path(), cflags)
         self._counts = self._bpf["counts"]
         self._dropped = self._bpf["dropped"]
-        self._kfmt = layout(self._counts.Key, KEY_FIELDS[by])
+        keys = self._bpf["slots"] if BY_KEYS[by] else self._counts
+        self._kfmt = layout(keys.Key, KEY_FIELDS[by])
         self._vfmt = layout(self._counts.Leaf, LEAF_FIELDS[by])
         if latency:
             self._times, self._pending = self._bpf["times"], self._bpf["pending"]
@@ -251,33 +340,63 @@ class PioCounter:
             layout(self._times.Leaf, TIME_FIELDS)
             self.resolve_runs(pids or [int(d) for d in os.listdir("/proc") if d.isdigit()])
         self._batch = True
-        # Batch reads go through buffers of BATCH entries, allocated once.
-        self._chunk = min(self._counts.max_entries, BATCH)
-        self._ksize = ctypes.sizeof(self._counts.Key)
-        self._vsize = ctypes.sizeof(self._counts.Leaf)
-        self._kbuf = ctypes.create_string_buffer(self._chunk * self._ksize)
-        self._vbuf = ctypes.create_string_buffer(self._chunk * self._vsize)
-        self.comms = {}     # (pid, tid) -> thread name the kernel saw (by vcpu)
+        self._buffers = {}      # map fd -> batch read buffers, allocated once
+        self.comms = {}     # (Proc, tid) -> thread name the kernel saw (by vcpu)
+        self.entries = 0    # keys in the kernel map at the last read
+        self._evicted = {}  # key -> final Counts, of exited VMs not yet forgotten
+        self._evicted_times = {}    # key -> final Times, the same with --latency
+        self.doorbells = []
         # The program counts nothing for a filtered run until its pids are in.
         if pids:
             table = self._bpf["pids"]
             for pid in pids:
                 table[table.Key(pid)] = table.Leaf(1)
+        if BY_KEYS[by]:
+            self._start_vms(max_entries)
 
-    def _lookup_batch(self):
-        """All entries as (key bytes, value bytes), BATCH entries a syscall,
-        or None where the kernel lacks batch lookups (before 5.6)."""
+    def _start_vms(self, max_entries):
+        """By VM or vCPU: give the program every slot of counts, then start it."""
+        self._slots, self._vms = self._bpf["slots"], self._bpf["vms"]
+        self._spare = self._bpf["spare"]
+        self._ifmt = layout(self._counts.Key, INDEX)
+        self._sfmt = layout(self._slots.Leaf, INDEX)
+        self._mfmt = layout(self._vms.Leaf, VM_FIELDS)
+        self._procs = {}        # VM id -> Proc, of the VMs in the kernel's table
+        # Slot 0 on top: keys take the low slots, so reads stop early. (A
+        # syscall a slot: stacks have no batch update.)
         from bcc import lib
+        slot = ctypes.c_uint32()
+        for slot.value in range(max_entries - 1, -1, -1):
+            if lib.bpf_update_elem(self._spare.map_fd, None, ctypes.byref(slot), 0):
+                raise TraceError(f"filling the BPF map failed: {os.strerror(ctypes.get_errno())}")
+        doorbell = self._bpf["doorbell"]
+        doorbell.open_ring_buffer(lambda ctx, data, size: 0)   # drained; vms says what rang
+        self.doorbells = [doorbell.map_fd]
+        epoch = self._bpf["epoch"]
+        epoch[epoch.Key(0)] = epoch.Leaf(1)
+
+    def _lookup_batch(self, table, limit=None):
+        """A map's entries as (key bytes, value bytes), BATCH entries a syscall
+        (an array's first `limit` only), or None where the kernel lacks batch
+        lookups (before 5.6)."""
+        from bcc import lib
+        ksize, vsize = ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
+        if table.map_fd not in self._buffers:
+            chunk = min(table.max_entries, BATCH)
+            self._buffers[table.map_fd] = (chunk, ctypes.create_string_buffer(chunk * ksize),
+                                         ctypes.create_string_buffer(chunk * vsize))
+        chunk, kbuf, vbuf = self._buffers[table.map_fd]
         keys, values = [], []
         token, count, first = ctypes.c_uint32(0), ctypes.c_uint32(0), True
-        while True:
-            count.value = self._chunk
-            res = lib.bpf_lookup_batch(self._counts.map_fd, None if first else ctypes.byref(token),
-                                       ctypes.byref(token), self._kbuf, self._vbuf,
-                                       ctypes.byref(count))
+        left = table.max_entries if limit is None else limit
+        while left > 0:
+            count.value = min(chunk, left)
+            res = lib.bpf_lookup_batch(table.map_fd, None if first else ctypes.byref(token),
+                                       ctypes.byref(token), kbuf, vbuf, ctypes.byref(count))
             err = ctypes.get_errno()
-            keys.append(self._kbuf.raw[:count.value * self._ksize])
-            values.append(self._vbuf.raw[:count.value * self._vsize])
+            keys.append(kbuf.raw[:count.value * ksize])
+            values.append(vbuf.raw[:count.value * vsize])
+            left -= count.value
             if res != 0:
                 if err == errno.ENOENT:     # the end of the map
                     break
@@ -287,53 +406,76 @@ class PioCounter:
             first = False
         return b"".join(keys), b"".join(values)
 
-    def _entries(self):
-        """(dirport, tgid, tid, events, bytes, comm) for every map entry.
-
-        By port the map is an array indexed by dirport; by VM or vCPU a hash
-        keyed by struct pio_key. Values are struct pio_counts (`layout`)."""
-        batch = self._lookup_batch() if self._batch else None
+    def _rows(self, table, kfmt, vfmt, limit=None):
+        """(key fields, value fields) of a map's entries (an array's first `limit`)."""
+        batch = self._lookup_batch(table, limit) if self._batch else None
         if batch is None:
             self._batch = False
-            for k, v in self._counts.items():
-                ids = (k.value, 0, 0) if self.by == "port" else (k.dirport, k.tgid, k.tid)
-                yield ids + (v.events, v.bytes, getattr(v, "comm", b""))
+            for k, v in itertools.islice(table.items(), limit):
+                yield struct.unpack(kfmt, bytes(k)), struct.unpack(vfmt, bytes(v))
             return
-        keys = struct.iter_unpack(self._kfmt, batch[0])
-        if self.by == "port":
-            keys = ((dirport, 0, 0) for (dirport,) in keys)
-        values = struct.iter_unpack(self._vfmt, batch[1])
-        if self.by != "vcpu":
-            values = (value + (b"",) for value in values)
-        for ids, value in zip(keys, values):
-            yield ids + value
+        yield from zip(struct.iter_unpack(kfmt, batch[0]), struct.iter_unpack(vfmt, batch[1]))
 
-    def _key(self, dirport, tgid=0, tid=0):
-        width = 2 + len(BY_KEYS[self.by])
-        return (WRITE if dirport >> 16 else READ, dirport & 0xFFFF, tgid, tid)[:width]
+    def _entries(self):
+        """(dirport, vm, tid, events, bytes, comm) for every key counted.
+
+        By port the counts are an array indexed by dirport; by VM or vCPU an
+        array of slots, each key's slot in the slots hash (`_slot_keys`).
+        Values are struct pio_counts (`layout`)."""
+        no_comm = () if self.by == "vcpu" else (b"",)
+        if self.by == "port":
+            for (dirport,), value in self._rows(self._counts, self._kfmt, self._vfmt):
+                yield (dirport, 0, 0) + value + no_comm
+            return
+        keys = self._slot_keys()
+        for (slot,), value in self._rows(self._counts, self._ifmt, self._vfmt,
+                                         max(keys, default=-1) + 1):
+            if slot in keys:
+                yield keys[slot] + value + no_comm
+
+    def _key(self, dirport, vm, tid):
+        """A Snapshot key: (direction, port[, Proc[, tid]])."""
+        direction = WRITE if dirport >> 16 else READ
+        if self.by == "port":
+            return direction, dirport & 0xFFFF
+        if vm not in self._procs:
+            self._vm_table()        # a VM new since the last look at the table
+        proc = self._procs[vm]
+        return (direction, dirport & 0xFFFF, proc, tid)[:2 + len(BY_KEYS[self.by])]
 
     def read(self):
-        """The cumulative counts now."""
+        """The cumulative counts now: the kernel map's, plus the final counts
+        of exited VMs moved out of it and not yet forgotten."""
         counts = {}
-        for dirport, tgid, tid, events, nbytes, comm in self._entries():
+        for dirport, vm, tid, events, nbytes, comm in self._entries():
             if not events:
                 continue    # an array slot no event has touched
-            counts[self._key(dirport, tgid, tid)] = Counts(events, nbytes)
-            if comm and (tgid, tid) not in self.comms:
-                self.comms[tgid, tid] = comm.split(b"\0", 1)[0].decode(errors="replace")
+            key = self._key(dirport, vm, tid)
+            counts[key] = Counts(events, nbytes)
+            if comm and (key[2], tid) not in self.comms:
+                self.comms[key[2], tid] = comm.split(b"\0", 1)[0].decode(errors="replace")
+        self.entries = len(counts)
+        for key, c in self._evicted.items():
+            counts[key] = counts.get(key, Counts()) + c
         if not self.latency:
             return Snapshot(counts, self._dropped[0].value)
-        return Snapshot(counts, self._dropped[0].value, self._read_times(),
+        times = self._read_times()
+        for key, t in self._evicted_times.items():
+            times[key] = times.get(key, Times()) + t
+        return Snapshot(counts, self._dropped[0].value, times,
                         {name: self._dropped[i].value for i, name in enumerate(DROPPED)
                          if i})
 
     def _read_times(self):
-        """Times per key: the time map holds only keys with timed exits, a few
-        hundred at most, so a plain walk serves."""
+        """Times per key. The time map is keyed as counts is indexed (by VM
+        or vCPU: by slot) and holds only keys with timed exits, a few hundred
+        at most, so a plain walk serves."""
+        slots = self._slot_keys() if BY_KEYS[self.by] else None
         times = {}
         for k, t in self._times.items():
-            ids = (k.value,) if self.by == "port" else (k.dirport, k.tgid, k.tid)
-            times[self._key(*ids)] = Times(t.windows, t.time_ns, t.max_ns, tuple(t.hist))
+            if slots is None or k.value in slots:
+                ids = (k.value, 0, 0) if slots is None else slots[k.value]
+                times[self._key(*ids)] = Times(t.windows, t.time_ns, t.max_ns, tuple(t.hist))
         return times
 
     def resolve_runs(self, pids=()):
@@ -361,6 +503,77 @@ class PioCounter:
             if c.events:
                 counts[direction, port] = Counts(c.events, c.bytes)
         return Snapshot(counts, self._dropped[0].value)
+
+    # The lifecycle of VMs, by VM or vCPU.
+
+    def _slot_keys(self):
+        """{slot: (dirport, vm, tid)} of every key in the kernel map."""
+        return {slot: key for key, (slot,) in self._rows(self._slots, self._kfmt, self._sfmt)}
+
+    def _vm_table(self):
+        """{VM id: exited} of the kernel's VM table; learns each one's process."""
+        table = {}
+        for (vm,), (tgid, exited, start) in self._rows(self._vms, self._sfmt, self._mfmt):
+            if vm not in self._procs:
+                self._procs[vm] = Proc(tgid, start // TICK_NS)
+            table[vm] = exited
+        return table
+
+    def sync(self):
+        """After a doorbell: (VMs new since the last sync, VMs that exited),
+        as Procs; the exited ones' counts are moved out of the kernel map."""
+        self._bpf.ring_buffer_consume()
+        known = set(self._procs)
+        table = self._vm_table()
+        exited = [vm for vm, done in table.items() if done]
+        return [self._procs[vm] for vm in table if vm not in known], self._evict(exited)
+
+    def _evict(self, vms):
+        """Move the keys of exited VMs out of the kernel map, keeping their
+        counts here; returns their processes.
+
+        Exact without an atomic read-and-delete: the program marks a VM
+        exited when the last thread of its process has exited, and vms was
+        read before these counts, so no event can add to them any more (a
+        process that gets the pid next is a new VM with keys of its own).
+        Their slots go back to spare, zeroed."""
+        gone = set(vms)
+        keys = {slot: key for slot, key in self._slot_keys().items() if key[1] in gone}
+        for slot, (dirport, vm, tid) in keys.items():
+            c = self._counts[self._counts.Key(slot)]
+            key = self._key(dirport, vm, tid)
+            self._evicted[key] = self._evicted.get(key, Counts()) + Counts(c.events, c.bytes)
+            if self.by == "vcpu" and (key[2], tid) not in self.comms:
+                self.comms[key[2], tid] = c.comm.decode(errors="replace")
+        if keys:
+            doomed = (self._slots.Key * len(keys))(*(self._slots.Key(*k) for k in keys.values()))
+            if self._batch:
+                self._slots.items_delete_batch(doomed)
+            else:
+                for k in doomed:
+                    del self._slots[k]
+        for slot in keys:
+            self._counts[self._counts.Key(slot)] = self._counts.Leaf()
+            if self.latency:    # its exit windows are closed too: its threads are gone
+                t = self._times.get(self._times.Key(slot))
+                if t:
+                    key = self._key(*keys[slot])
+                    self._evicted_times[key] = self._evicted_times.get(key, Times()) + Times(
+                        t.windows, t.time_ns, t.max_ns, tuple(t.hist))
+                    del self._times[self._times.Key(slot)]
+            self._spare.push(self._spare.Leaf(slot))
+        for vm in vms:
+            del self._vms[self._vms.Key(vm)]
+        return [self._procs.pop(vm) for vm in vms]
+
+    def forget(self, procs):
+        """Drop what is kept of these exited VMs: final counts, thread names."""
+        procs = set(procs)
+        self._evicted = {k: c for k, c in self._evicted.items() if k[2] not in procs}
+        self._evicted_times = {k: t for k, t in self._evicted_times.items()
+                               if k[2] not in procs}
+        for key in [k for k in self.comms if k[0] in procs]:
+            del self.comms[key]
 
     def detach(self):
         """Stop counting; the maps stay readable for the final read."""

@@ -98,20 +98,24 @@ class View:
         self.whole += delta
         self.seconds += seconds
 
-    def wait(self, seconds):
-        """Session.run's sleep: keys and resizes are served until it ends."""
+    def wait(self, seconds, fds=()):
+        """Session.run's sleep: keys and resizes are served until it ends, or
+        until one of `fds` (the kernel's rings) is readable: those are returned."""
         end = time.monotonic() + seconds
-        stopper = self.session.stopper
+        stopper, keyboard = self.session.stopper, sys.stdin.fileno()
         while not stopper.stopped:
-            if stopper.wait(end - time.monotonic(), [sys.stdin.fileno()]):
+            ready = stopper.wait(end - time.monotonic(), [keyboard, *fds])
+            if keyboard in ready:
                 self.keys()
             if self.resized:
                 self.resized = False
                 size = os.get_terminal_size(sys.stdout.fileno())
                 curses.resizeterm(size.lines, size.columns)
                 self.draw()
-            if time.monotonic() >= end:
-                return
+            rings = [fd for fd in ready if fd != keyboard]
+            if rings or time.monotonic() >= end:
+                return rings
+        return []
 
     def keys(self):
         char = self.scr.getch()

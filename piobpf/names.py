@@ -1,14 +1,20 @@
 """Name VMs and vCPUs: QEMU's -name, process and thread names.
 
-Names are looked up once per process or thread and kept, so a VM that exits
-during the run keeps its counts and its last known name.
+A VM is a process: its pid and start time (a Proc), so a new process that
+gets a recycled pid is another VM. Names are looked up once per process,
+while it runs, and kept until `forget`, so a VM that exits keeps its name
+as long as its counts are shown, and memory stays bounded however many VMs
+come and go.
 """
 
+import os
 import re
 
 from .qemucmd import qemu_name
+from .snapshot import Proc
 
 _VCPU = re.compile(r"^CPU (\d+)/KVM$")
+KVM_VM_FD = "anon_inode:kvm-vm"     # what a VMM's VM file descriptor links to
 
 
 def vcpu_index(thread):
@@ -25,47 +31,94 @@ def read_proc(path):
         return None
 
 
-def process_name(pid, proc="/proc"):
-    """QEMU's -name, else the process name; None when the process is gone."""
-    cmdline = read_proc(f"{proc}/{pid}/cmdline")
-    if cmdline:
-        name = qemu_name(cmdline.decode(errors="replace").split("\0"))
-        if name:
-            return name
-    comm = read_proc(f"{proc}/{pid}/comm")
-    return comm.decode(errors="replace").strip() if comm else None
+def start_time(pid, proc="/proc"):
+    """When the process started, in clock ticks after boot; None when it is gone."""
+    stat = read_proc(f"{proc}/{pid}/stat")
+    # Field 22, counted after the name in parentheses (which may hold anything).
+    return int(stat.rsplit(b")", 1)[1].split()[19]) if stat else None
+
+
+def process(pid, proc="/proc"):
+    """The Proc running as `pid` now; None when there is none."""
+    start = start_time(pid, proc)
+    return None if start is None else Proc(pid, start)
+
+
+def process_name(p, proc="/proc"):
+    """QEMU's -name, else the process name, of Proc `p`; None when it is gone
+    (its pid gone, or another process's by now)."""
+    if start_time(p.pid, proc) != p.start:
+        return None
+    cmdline = read_proc(f"{proc}/{p.pid}/cmdline")
+    name = cmdline and qemu_name(cmdline.decode(errors="replace").split("\0"))
+    if not name:
+        comm = read_proc(f"{proc}/{p.pid}/comm")
+        name = comm and comm.decode(errors="replace").strip()
+    # Still the same process after the reads: they were of `p`.
+    return name if start_time(p.pid, proc) == p.start else None
+
+
+def runs_vm(pid, proc="/proc"):
+    """Whether the process holds a KVM VM's file descriptor (a VMM)."""
+    try:
+        fds = os.listdir(f"{proc}/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"{proc}/{pid}/fd/{fd}") == KVM_VM_FD:
+                return True
+        except OSError:
+            pass        # closed meanwhile
+    return False
+
+
+def vmm_processes(proc="/proc"):
+    """{Proc: name} of every process running a KVM VM now."""
+    found = {}
+    for d in os.listdir(proc):
+        if d.isdigit() and runs_vm(d, proc):
+            p = process(int(d), proc)
+            if p:
+                found[p] = process_name(p, proc)
+    return found
 
 
 class Labeler:
     """Extra row fields (pid, vm; tid, thread, vcpu) for keys of --by vm|vcpu.
 
-    `comms` maps (pid, tid) to the thread name the kernel saw (by vcpu)."""
+    `comms` maps (Proc, tid) to the thread name the kernel saw (by vcpu);
+    `known` holds names looked up already ({Proc: name})."""
 
-    def __init__(self, by, comms, proc="/proc"):
+    def __init__(self, by, comms, proc="/proc", known=None):
         self.by, self.comms, self.proc = by, comms, proc
-        self._vm = {}
+        self._vm = dict(known or {})
 
     def learn(self, snapshot):
         """Look up the processes new in `snapshot` while they still run."""
         for key in snapshot.counts:
             self.vm(key[2])
 
-    def vm(self, pid):
-        """The VM's name, looked up once; None for a process gone before that."""
-        if pid not in self._vm:
-            self._vm[pid] = process_name(pid, self.proc)
-        return self._vm[pid]
+    def vm(self, p):
+        """The name of Proc `p`, looked up once; None for a process gone before that."""
+        if p not in self._vm:
+            self._vm[p] = process_name(p, self.proc)
+        return self._vm[p]
+
+    def forget(self, procs):
+        for p in procs:
+            self._vm.pop(p, None)
 
     def __call__(self, key):
-        pid = key[2]
-        fields = {"pid": pid, "vm": self.vm(pid)}
+        p = key[2]
+        fields = {"pid": p.pid, "vm": self.vm(p)}
         if self.by == "vcpu":
             tid = key[3]
-            thread = self.comms.get((pid, tid))
+            thread = self.comms.get((p, tid))
             fields.update(tid=tid, thread=thread, vcpu=vcpu_index(thread))
         return fields
 
 
-def labeler(by, comms):
+def labeler(by, comms, known=None):
     """The Labeler of --by vm|vcpu; None by port, where rows carry no labels."""
-    return None if by == "port" else Labeler(by, comms)
+    return None if by == "port" else Labeler(by, comms, known=known)

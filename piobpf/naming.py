@@ -36,20 +36,37 @@ class Naming:
 
     @property
     def ticks(self):
-        """Whether names need a look every second while tracing (new VMs)."""
-        return bool(self.labeler or self.maps)
+        """Whether names need a look every second while tracing (new VMMs'
+        maps; the kernel says itself when a VM comes: `arrived`)."""
+        return bool(self.maps)
 
     @property
     def watch(self):
-        """What a look each second must read: "all" of the map (keys with pids
-        name VMs), else only the keys that may move a BAR, else nothing."""
-        if self.labeler:
-            return "all"
-        return CONFIG_WRITES if self.maps else ()
+        """What a look each second must read: "all" of the map (keys per VM
+        say which VM wrote PCI configuration data), else only the keys that
+        may move a BAR, else nothing."""
+        if self.maps:
+            return "all" if self.labeler else CONFIG_WRITES
+        return ()
 
     def tick(self):
+        """The look of each second; returns the VMMs (Procs) gone since."""
+        return self.maps.scan() if self.maps else []
+
+    def arrived(self, procs):
+        """VMs new to the kernel map: named now, while they run."""
+        for p in procs:
+            if self.labeler:
+                self.labeler.vm(p)
+            if self.maps:
+                self.maps.see(p)
+
+    def forget(self, procs):
+        """Exited VMs whose counts are no longer shown: their names and maps go."""
+        if self.labeler:
+            self.labeler.forget(procs)
         if self.maps:
-            self.maps.scan()
+            self.maps.forget(procs)
 
     def learn(self, snapshot):
         """Name what is new in `snapshot` while it still runs."""
@@ -68,12 +85,13 @@ class Naming:
         return self.labeler(key) if self.labeler else {}
 
 
-def from_args(args, comms=None):
+def from_args(args, comms=None, known=None):
     """The Naming of a run: `--device-map auto` reads VMs' maps while tracing
-    (`comms` given); --ioports FILE, else /proc/ioports, names the rest."""
+    (`comms` given); --ioports FILE, else /proc/ioports, names the rest.
+    `known`: VM names looked up already ({Proc: name})."""
     source = HOST_IOPORTS if args.ioports == ioports.PROC_IOPORTS else IOPORTS_FILE
     table = load_ioports(args.ioports)
     tracing = comms is not None
     maps = VmmMaps(args.pid) if tracing and args.device_map == "auto" else None
-    labeler = names.labeler(args.by, comms) if tracing else None
+    labeler = names.labeler(args.by, comms, known) if tracing else None
     return Naming(DeviceNames(table, source, maps), args.by, labeler, maps)

@@ -13,7 +13,7 @@ def run(args):
     host, port = args.prometheus
     with contextlib.ExitStack() as undo:   # undone in reverse: server, collector, session
         session = undo.enter_context(Session(args))
-        collector = PioCollector(session)
+        collector = PioCollector(session, args.retention)
         undo.callback(collector.close)
         server = undo.enter_context(listen(host, port, collector))
         threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -21,10 +21,12 @@ def run(args):
             url = f"http://{where(host, port)}/metrics"
             print(f"Serving {describe(args)} at {url}... Ctrl-C to end.",
                   file=sys.stderr, flush=True)
-            ticks = session.naming.ticks
+            ticks = session.naming.ticks or bool(session.doorbells)
             while not session.stopper.stopped:
-                # Scrapes may be minutes apart: look every second to name new VMs.
-                session.stopper.wait(1.0 if ticks else float("inf"))
+                # Scrapes may be minutes apart: a VM that comes is named at
+                # once (the kernel rings), one that goes is forgotten after
+                # the retention, and every second a look finds new VMMs.
+                session.stopper.wait(1.0 if ticks else float("inf"), session.doorbells)
                 if ticks:
                     collector.learn()
         finally:

@@ -2,7 +2,9 @@
 
 start() loads the counter and the run's naming; Session.run() keeps time:
 -d, the -i ticks, a look every second for names and progress, and SIGINT,
-SIGTERM to stop. A sink (printer, exporter, live screen) gets the snapshots.
+SIGTERM to stop; VMs coming and going (the kernel rings at once) are named
+and moved out of the kernel map. A sink (printer, exporter, live screen)
+gets the snapshots.
 """
 
 import os
@@ -11,7 +13,7 @@ import signal
 import sys
 import time
 
-from . import naming
+from . import naming, names
 from .errors import warn
 from .snapshot import Snapshot
 
@@ -38,7 +40,7 @@ class Stopper:
 
     def wait(self, seconds, fds=()):
         """Sleep up to `seconds` (inf: until a signal), or until one of `fds`
-        (a terminal's keys) is readable; returns those that are."""
+        (a terminal's keys, the kernel's rings) is readable; returns those that are."""
         if self.stopped or seconds <= 0:
             return []
         timeout = None if seconds == float("inf") else seconds
@@ -61,20 +63,27 @@ def next_tick(tick, step, now):
 
 
 class Session:
-    """A loaded counter and the names of its keys."""
+    """A loaded counter and the names of its keys.
+
+    By VM or vCPU, a VM that exits leaves the kernel map (its final counts
+    stay in the counter) and is in `gone` until `expire` forgets it."""
 
     def __init__(self, args):
         from .kernel import PioCounter   # BCC only where tracing
         self.args = args
         self.stopper = Stopper()
+        # VMs named before the program loads: one that does its port I/O
+        # and exits in the meantime still has its name.
+        known = names.vmm_processes() if args.by != "port" else None
         # Load first: a missing privilege or header is the one line to show.
         self.counter = PioCounter(attach=args.attach, max_entries=args.map_size, by=args.by,
                                   pids=args.pid or (), latency=args.latency)
         try:
-            self.naming = naming.from_args(args, self.counter.comms)
+            self.naming = naming.from_args(args, self.counter.comms, known)
         except BaseException:
             self.counter.close()
             raise
+        self.gone = {}      # Proc -> when its VM was seen to exit (monotonic)
 
     @property
     def latency(self):
@@ -84,6 +93,39 @@ class Session:
     def capacity(self):
         """Keys the kernel map can hold."""
         return self.counter.capacity
+
+    @property
+    def entries(self):
+        """Keys in the kernel map at the last read."""
+        return self.counter.entries
+
+    @property
+    def doorbells(self):
+        """Fds that turn readable when a VM comes or goes: then `sync`."""
+        return self.counter.doorbells
+
+    def sync(self):
+        """VMs that came and went: the new ones named at once, while they run;
+        the exited ones' counts moved out of the kernel map. Returns the new."""
+        came, gone = self.counter.sync() if self.doorbells else ([], [])
+        self.naming.arrived(came)
+        self._left(gone)
+        return came
+
+    def _left(self, procs):
+        now = time.monotonic()
+        for p in procs:
+            self.gone.setdefault(p, now)
+
+    def expire(self, before, pids=()):
+        """Forget the VMs that exited before `before` (monotonic), or whose
+        pid is in `pids`: their counts leave the reads, their names go."""
+        old = [p for p, t in self.gone.items() if t < before or p.pid in pids]
+        for p in old:
+            del self.gone[p]
+        if old:
+            self.counter.forget(old)
+            self.naming.forget(old)
 
     def read(self):
         """The cumulative counts now, their new VMs named."""
@@ -96,7 +138,7 @@ class Session:
         to read, unless `snap` was read at this very tick. Returns the
         snapshot when there is one of all of the map."""
         self.counter.resolve_runs()
-        self.naming.tick()
+        self._left(self.naming.tick())
         if snap:
             return snap
         if progress or self.naming.watch == "all":
@@ -110,10 +152,14 @@ class Session:
 
         `interval(delta, seconds)` gets each -i interval, `final(snapshot,
         seconds)` the whole run (or, with -i, the last partial interval).
-        Besides, once a second names learn of new VMs and moved BARs (`look`)
-        and progress shows. `wait(seconds)` sleeps between those (default:
-        stopper.wait); a front end that reads keys meanwhile passes its own,
-        which returns early once the stopper is stopped."""
+        Besides, VMs that come and go are handled at once (`sync`), once a
+        second names learn of new VMMs, vCPUs and moved BARs (`look`) and
+        progress shows. Exited VMs' counts are kept to the end, or with -i
+        until the interval that holds their last events is out.
+        `wait(seconds, fds)` sleeps between those (default: stopper.wait)
+        and returns which of `fds` (the kernel's rings) turned readable; a
+        front end that reads keys meanwhile passes its own, which returns
+        early once the stopper is stopped."""
         args = self.args
         start = last_t = time.monotonic()
         what = f"for {args.duration:g} s" if args.duration else "until Ctrl-C"
@@ -125,7 +171,8 @@ class Session:
         last, slow = Snapshot(), False
         wait = wait or self.stopper.wait
         while not self.stopper.stopped:
-            wait(min(report_at, second_at, deadline) - time.monotonic())
+            if wait(min(report_at, second_at, deadline) - time.monotonic(), self.doorbells):
+                self.sync()
             now = time.monotonic()
             if self.stopper.stopped or now >= deadline:
                 break
@@ -134,6 +181,7 @@ class Session:
                 snap = self.read()
                 interval(snap - last, now - last_t)
                 last, last_t = snap, now
+                self.expire(now)    # their final counts are in `last`: no later delta has them
                 report_at = next_tick(report_at, args.interval, now)
                 took = time.monotonic() - now
                 if took > args.interval and not slow:

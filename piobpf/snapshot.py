@@ -11,6 +11,13 @@ from typing import NamedTuple
 READ, WRITE = "read", "write"
 
 
+class Proc(NamedTuple):
+    """A process: its pid and start time (clock ticks after boot, as in
+    /proc/PID/stat), so that a pid recycled for a new process is another."""
+    pid: int
+    start: int
+
+
 class Counts(NamedTuple):
     """A tuple, so that building one per map entry is cheap (131072 a read)."""
     events: int = 0
@@ -46,9 +53,10 @@ class Times(NamedTuple):
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Counts per key (a (direction, port) tuple), plus dropped events; with
-    --latency, Times per key and what the kernel could not time (`lost`:
-    reason -> windows, as kernel.DROPPED names them)."""
+    """Counts per key (a (direction, port) tuple, by VM plus its Proc, by
+    vCPU plus the Proc and the tid), plus dropped events; with --latency,
+    Times per key and what the kernel could not time (`lost`: reason ->
+    windows, as kernel.DROPPED names them)."""
     counts: dict = field(default_factory=dict)
     dropped: int = 0
     times: dict = field(default_factory=dict)

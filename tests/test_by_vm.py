@@ -97,7 +97,7 @@ def test_map_full_counts_drops_and_keeps_the_rest_right():
 
 
 def test_vm_that_exits_keeps_counts_and_name():
-    # A long interval: names come from the once-a-second lookups, not from reports.
+    # A long interval: the name comes when the VM does (the kernel rings), not from reports.
     t = Traced("--format", "json", "--by", "vm", "-i", "60")
     # Runs for a second or more, then exits before the run ends.
     out = subprocess.run([PY, "-m", "piobpf.guest", "-name", "guest=gone", "r:0x3fd:1:150000"],

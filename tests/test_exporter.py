@@ -1,5 +1,7 @@
 """--prometheus, the pure part: metric families from fixed snapshots; options."""
 
+import time
+
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -7,7 +9,7 @@ from helpers import fixed_naming
 from piobpf import exporter, names
 from piobpf.args import parse_args
 from piobpf.errors import CliError
-from piobpf.snapshot import Counts, Snapshot
+from piobpf.snapshot import Counts, Proc, Snapshot
 
 NAMES = {0x3fd: "serial", 0x3f8: "serial"}
 
@@ -41,16 +43,22 @@ def test_port_mode_families():
     }
 
 
+START = 4242        # every fake process's start time
+P10, P20 = Proc(10, START), Proc(20, START)
+
+
 def labeler(tmp_path, by, vms, comms=None):
     """names.Labeler over a fake /proc holding processes named `vms` {pid: name}."""
     for pid, name in vms.items():
         (tmp_path / str(pid)).mkdir()
         (tmp_path / str(pid) / "comm").write_text(name + "\n")
+        (tmp_path / str(pid) / "stat").write_text(f"{pid} ({name}) S" + " 0" * 18
+                                                  + f" {START}\n")
     return names.Labeler(by, comms or {}, proc=str(tmp_path))
 
 
 def test_vm_mode_labels_vm_and_pid(tmp_path):
-    snap = Snapshot({("read", 0x3fd, 10): Counts(5, 5), ("read", 0x3fd, 20): Counts(2, 2)})
+    snap = Snapshot({("read", 0x3fd, P10): Counts(5, 5), ("read", 0x3fd, P20): Counts(2, 2)})
     fams = exporter.families(
         snap, fixed_naming(NAMES, "vm", labeler(tmp_path, "vm", {10: "web1"})), 100, "vm")
     events = {dict(s.labels)["pid"]: (dict(s.labels), s.value) for s in fams[0].samples}
@@ -63,10 +71,10 @@ def test_vm_mode_labels_vm_and_pid(tmp_path):
 
 
 def test_vcpu_mode_labels_and_threads_of_one_name_summed(tmp_path):
-    snap = Snapshot({("read", 0x60, 10, 11): Counts(1, 2), ("read", 0x60, 10, 12): Counts(3, 6),
-                     ("read", 0x60, 10, 13): Counts(4, 8), ("read", 0x60, 10, 14): Counts(5, 10)})
-    comms = {(10, 11): "CPU 0/KVM", (10, 12): "CPU 0/KVM", (10, 13): "CPU 1/KVM",
-             (10, 14): "worker"}
+    snap = Snapshot({("read", 0x60, P10, 11): Counts(1, 2), ("read", 0x60, P10, 12): Counts(3, 6),
+                     ("read", 0x60, P10, 13): Counts(4, 8), ("read", 0x60, P10, 14): Counts(5, 10)})
+    comms = {(P10, 11): "CPU 0/KVM", (P10, 12): "CPU 0/KVM", (P10, 13): "CPU 1/KVM",
+             (P10, 14): "worker"}
     naming = fixed_naming(NAMES, "vcpu", labeler(tmp_path, "vcpu", {10: "db2"}, comms))
     fams = exporter.families(snap, naming, 100, "vcpu")
     got = {(dict(s.labels)["vcpu"], s.name): s.value for f in fams[:2] for s in f.samples}
@@ -79,11 +87,20 @@ def test_vcpu_mode_labels_and_threads_of_one_name_summed(tmp_path):
 
 
 class FixedSession:
-    """A session.Session's reading side over fixed snapshots (the exporter's unit test)."""
+    """A session.Session's reading side over fixed snapshots (the exporter's
+    unit test); `came` are the VMs each sync finds new, `expired` what the
+    collector asked to forget."""
 
-    def __init__(self, naming, *snapshots):
+    def __init__(self, naming, *snapshots, came=()):
         self.naming, self.snapshots, self.capacity = naming, list(snapshots), 100
         self.latency = False
+        self.came, self.expired, self.entries = list(came), [], 1
+
+    def sync(self):
+        return [self.came.pop(0)] if self.came else []
+
+    def expire(self, before, pids=()):
+        self.expired.append((before, set(pids)))
 
     def read(self):
         snap = self.snapshots.pop(0)
@@ -94,8 +111,8 @@ class FixedSession:
 def test_collector_reads_at_each_scrape_and_nothing_once_closed(tmp_path):
     naming = fixed_naming(NAMES, "vm", labeler(tmp_path, "vm", {10: "web1"}))
     collector = exporter.PioCollector(FixedSession(
-        naming, Snapshot({("read", 0x3fd, 10): Counts(1, 1)}),
-        Snapshot({("read", 0x3fd, 10): Counts(9, 9)})))
+        naming, Snapshot({("read", 0x3fd, P10): Counts(1, 1)}),
+        Snapshot({("read", 0x3fd, P10): Counts(9, 9)})), retention=300)
     registry = CollectorRegistry()
     registry.register(collector)
     line = ('piobpf_pio_events_total{device="serial",direction="read",pid="10",port="0x3fd",'
@@ -107,12 +124,29 @@ def test_collector_reads_at_each_scrape_and_nothing_once_closed(tmp_path):
     assert generate_latest(registry) == b""
 
 
+def test_collector_forgets_exited_vms_after_the_retention_or_when_their_pid_returns(tmp_path):
+    naming = fixed_naming(NAMES, "vm", labeler(tmp_path, "vm", {10: "web1"}))
+    session = FixedSession(naming, Snapshot(), came=[Proc(20, START + 1)])
+    registry = CollectorRegistry()
+    registry.register(exporter.PioCollector(session, retention=60))
+    before = time.monotonic()
+    text = generate_latest(registry).decode()
+    (at, pids), = session.expired
+    assert before - 60 <= at <= time.monotonic() - 60 and pids == {20}
+    assert "piobpf_map_entries 1.0" in text     # the kernel map's keys, not the snapshot's
+
+
 @pytest.mark.parametrize("text,address", [
     ("9435", ("127.0.0.1", 9435)), ("0.0.0.0:9435", ("0.0.0.0", 9435)),
     ("[::]:9435", ("::", 9435)), ("[::1]:1", ("::1", 1)), ("10.1.2.3:65535", ("10.1.2.3", 65535)),
 ])
 def test_listen_address(text, address):
     assert parse_args(["--prometheus", text]).prometheus == address
+
+
+def test_retention():
+    assert parse_args(["--prometheus", "9435"]).retention == 300
+    assert parse_args(["--prometheus", "9435", "--retention", "2.5"]).retention == 2.5
 
 
 @pytest.mark.parametrize("args,words", [
@@ -128,6 +162,8 @@ def test_listen_address(text, address):
     (["--prometheus", "9435", "-o", "x"], "--prometheus serves"),
     (["--prometheus", "9435", "--compare", "a", "b"], "--prometheus serves"),
     (["--prometheus", "9435", "--from-perf", "-"], "--prometheus serves"),
+    (["--retention", "60"], "--retention is for --prometheus"),
+    (["--prometheus", "9435", "--retention", "0"], "positive number"),
 ])
 def test_bad_prometheus_arguments(args, words):
     with pytest.raises(CliError) as e:

@@ -1,15 +1,20 @@
 """The map's layout is read back from the loaded program, never assumed (pure)."""
 
 import ctypes
+import os
 import struct
 
 import pytest
 
-from piobpf.kernel import KEY_FIELDS, LEAF_FIELDS, TraceError, layout
+from piobpf.kernel import KEY_FIELDS, LEAF_FIELDS, VM_FIELDS, TraceError, kernel_offsets, layout
 
 
 class Key(ctypes.Structure):
-    _fields_ = [("dirport", ctypes.c_uint), ("tgid", ctypes.c_uint), ("tid", ctypes.c_uint)]
+    _fields_ = [("dirport", ctypes.c_uint), ("vm", ctypes.c_uint), ("tid", ctypes.c_uint)]
+
+
+class Vm(ctypes.Structure):
+    _fields_ = [("tgid", ctypes.c_uint), ("exited", ctypes.c_uint), ("start", ctypes.c_ulong)]
 
 
 class Leaf(ctypes.Structure):
@@ -25,6 +30,7 @@ def test_formats_of_the_program_structs():
     assert layout(Key, KEY_FIELDS["vcpu"]) == "@III"
     assert layout(Leaf, LEAF_FIELDS["vcpu"]) == "@LL16s"
     assert layout(ctypes.c_int, KEY_FIELDS["port"]) == "@i"    # the array's index
+    assert layout(Vm, VM_FIELDS) == "@IIL"
     leaf = Leaf(5, 7, b"CPU 0/KVM")
     assert struct.unpack(layout(Leaf, LEAF_FIELDS["vcpu"]), bytes(leaf)) == (
         5, 7, b"CPU 0/KVM" + bytes(7))
@@ -40,3 +46,13 @@ def test_trailing_padding_is_kept_in_the_record_size():
 def test_a_changed_struct_is_refused(ctype, names):
     with pytest.raises(TraceError, match="layout"):
         layout(ctype, names)
+
+
+@pytest.mark.skipif(not os.path.exists("/sys/kernel/btf/vmlinux"), reason="needs the kernel's BTF")
+def test_kernel_struct_offsets_come_from_btf():
+    offsets = kernel_offsets()
+    assert set(offsets) == {"PIOBPF_TASK_GROUP_LEADER", "PIOBPF_TASK_START_BOOTTIME",
+                            "PIOBPF_TASK_SIGNAL", "PIOBPF_SIGNAL_LIVE"}
+    assert all(o % 4 == 0 for o in offsets.values()) and 0 < offsets["PIOBPF_SIGNAL_LIVE"] < 64
+    with pytest.raises(TraceError, match="task_struct.no_such_field"):
+        kernel_offsets({"X": ("task_struct", "no_such_field")})

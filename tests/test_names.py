@@ -3,7 +3,7 @@ import json
 from helpers import fixed_naming
 from piobpf import formats, names
 from piobpf.report import make_report
-from piobpf.snapshot import Counts, Snapshot
+from piobpf.snapshot import Counts, Proc, Snapshot
 
 
 def test_vcpu_index():
@@ -13,33 +13,62 @@ def test_vcpu_index():
     assert names.vcpu_index(None) is None
 
 
-def fake_proc(tmp, pid, argv, comm):
+def fake_proc(tmp, pid, argv, comm, start=100, vm_fd=False):
+    """/proc/PID of a process started at `start` (ticks); a VMM holds a kvm-vm fd."""
     d = tmp / str(pid)
-    d.mkdir()
+    d.mkdir(exist_ok=True)
     (d / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
     (d / "comm").write_text(comm + "\n")
+    # The name in parentheses may hold spaces and parentheses itself.
+    (d / "stat").write_text(f"{pid} ({comm} (x) y) S 1 " + " ".join(["0"] * 17)
+                            + f" {start} 0 0\n")
+    (d / "fd").mkdir(exist_ok=True)
+    if vm_fd:
+        (d / "fd" / "7").symlink_to("anon_inode:kvm-vm")
+    return Proc(pid, start)
 
 
 def test_labeler_looks_up_once_and_keeps_names_of_gone_processes(tmp_path):
-    fake_proc(tmp_path, 10, ["qemu-system-x86_64", "-name", "guest=web1"], "qemu-system-x86")
-    fake_proc(tmp_path, 11, ["firecracker", "--api-sock", "/x"], "firecracker")
+    web1 = fake_proc(tmp_path, 10, ["qemu-system-x86_64", "-name", "guest=web1"], "qemu-system-x86")
+    fc = fake_proc(tmp_path, 11, ["firecracker", "--api-sock", "/x"], "firecracker")
     lab = names.Labeler("vm", {}, proc=str(tmp_path))
-    lab.learn(Snapshot({("read", 1, 10): Counts(1, 1), ("read", 1, 11): Counts(1, 1)}))
+    lab.learn(Snapshot({("read", 1, web1): Counts(1, 1), ("read", 1, fc): Counts(1, 1)}))
     for pid in (10, 11):
-        (tmp_path / str(pid) / "cmdline").unlink()
-        (tmp_path / str(pid) / "comm").unlink()
-    assert lab(("read", 1, 10)) == {"pid": 10, "vm": "web1"}
-    assert lab(("read", 1, 11)) == {"pid": 11, "vm": "firecracker"}
-    assert lab(("read", 1, 12)) == {"pid": 12, "vm": None}
+        for f in ("cmdline", "comm", "stat"):
+            (tmp_path / str(pid) / f).unlink()
+    assert lab(("read", 1, web1)) == {"pid": 10, "vm": "web1"}
+    assert lab(("read", 1, fc)) == {"pid": 11, "vm": "firecracker"}
+    assert lab(("read", 1, Proc(12, 100))) == {"pid": 12, "vm": None}
+
+
+def test_a_recycled_pid_is_another_vm(tmp_path):
+    old = fake_proc(tmp_path, 10, ["qemu", "-name", "old"], "qemu", start=100)
+    lab = names.Labeler("vm", {}, proc=str(tmp_path))
+    assert lab.vm(old) == "old"
+    new = fake_proc(tmp_path, 10, ["qemu", "-name", "new"], "qemu", start=250)
+    assert (lab.vm(old), lab.vm(new)) == ("old", "new")
+    # A process looked up first after its pid went to another: no name, not the other's.
+    assert names.process_name(Proc(10, 180), str(tmp_path)) is None
+    lab.forget([old])
+    assert lab.vm(old) is None      # looked up again: gone
+
+
+def test_vmm_processes_are_those_holding_a_vm(tmp_path):
+    web1 = fake_proc(tmp_path, 10, ["qemu", "-name", "guest=web1"], "qemu", vm_fd=True)
+    fake_proc(tmp_path, 11, ["bash"], "bash")
+    assert names.vmm_processes(str(tmp_path)) == {web1: "web1"}
+    lab = names.Labeler("vm", {}, proc=str(tmp_path), known={web1: "web1"})
+    (tmp_path / "10" / "stat").unlink()
+    assert lab.vm(web1) == "web1"
 
 
 def test_labeler_vcpu_fields(tmp_path):
-    fake_proc(tmp_path, 10, ["qemu", "-name", "web1"], "qemu")
-    lab = names.Labeler("vcpu", {(10, 21): "CPU 1/KVM", (10, 22): "worker"},
+    web1 = fake_proc(tmp_path, 10, ["qemu", "-name", "web1"], "qemu")
+    lab = names.Labeler("vcpu", {(web1, 21): "CPU 1/KVM", (web1, 22): "worker"},
                         proc=str(tmp_path))
-    assert lab(("read", 1, 10, 21)) == {"pid": 10, "vm": "web1", "tid": 21,
-                                        "thread": "CPU 1/KVM", "vcpu": 1}
-    assert lab(("read", 1, 10, 22))["vcpu"] is None
+    assert lab(("read", 1, web1, 21)) == {"pid": 10, "vm": "web1", "tid": 21,
+                                          "thread": "CPU 1/KVM", "vcpu": 1}
+    assert lab(("read", 1, web1, 22))["vcpu"] is None
 
 
 SNAP = Snapshot({("read", 0x3fd, 10): Counts(5, 5), ("write", 0x20, 10): Counts(7, 7),

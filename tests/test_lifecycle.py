@@ -1,0 +1,264 @@
+"""Every VM named and counted right however VMs come and go: short-lived VMs,
+VMs gone before they are looked at, recycled pids, a kernel map smaller than
+all the keys a run sees (exited VMs leave it), and the exporter's retention.
+
+Real guest processes on the real tracepoint. Churn runs can not filter with
+-p (their pids are not known in advance): guests of others on the host may
+show up, and are left out of every assertion but the map's size.
+"""
+
+import json
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+
+
+from helpers import ENV, PY, HeldGuest, Traced, needs_tracing
+from piobpf import devices
+from piobpf.snapshot import Proc
+from test_names import fake_proc
+from test_prometheus import Exporter, get, prometheus, running, wait_for  # noqa: F401 (fixtures)
+
+MAP_SIZE = "64"     # a few VMs' keys: the churn fits only if exited VMs leave the map
+HOLD = 0.1          # seconds a churn guest lives after its last exit
+WORKERS = 6         # churn guests alive at once
+RETENTION = 3       # seconds the churn's exporter serves an exited VM
+
+
+class Drained(Traced):
+    """A Traced whose output is read as it comes: -i runs print more than a
+    pipe holds, and a blocked write would hold up the run."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.lines = []
+        self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout))
+        self._reader.start()
+
+    def stop(self, sig=signal.SIGINT):
+        self.proc.send_signal(sig)
+        self._reader.join(timeout=60)
+        err = self.proc.stderr.read()
+        return self.proc.wait(timeout=60), "".join(self.lines), err
+
+
+def guest_ops(i):
+    """Guest i's port I/O, and what it makes {(direction, port): (events, bytes)}."""
+    reads, writes = 20 + i, 1 + i % 7
+    return ([f"r:0x3fd:1:{reads}", f"w:0x3f8:2:{writes}"],
+            {("read", 0x3fd): (reads, reads), ("write", 0x3f8): (writes, 2 * writes)})
+
+
+def life(i, prefix):
+    """Guest i of a churn, start to reaped: (pid, name, expected, exit time)."""
+    ops, expected = guest_ops(i)
+    name = f"{prefix}-{i}"
+    proc = subprocess.Popen([PY, "-m", "piobpf.guest", "-name", f"guest={name}", "--hold", *ops],
+                            env=ENV, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    line = proc.stdout.readline()
+    time.sleep(HOLD)
+    proc.stdin.close()
+    assert proc.wait(timeout=60) == 0 and line.startswith("done"), line
+    return proc.pid, name, expected, time.time()
+
+
+def churn(count, prefix):
+    """`count` short-lived guests, WORKERS at a time; their lives as `life` says."""
+    with ThreadPoolExecutor(WORKERS) as pool:
+        return list(pool.map(lambda i: life(i, prefix), range(count)))
+
+
+def groups(rows):
+    """{(pid, vm): {(direction, port): (events, bytes)}} of JSON rows."""
+    found = {}
+    for r in rows:
+        found.setdefault((r["pid"], r["vm"]), {})[r["direction"], r["port"]] = (r["events"],
+                                                                                r["bytes"])
+    return found
+
+
+def metrics(url):
+    """{(name, labels as sorted tuple): value} of an exporter's page."""
+    found = {}
+    for line in get(url).splitlines():
+        if line and not line.startswith("#"):
+            head, value = line.rsplit(" ", 1)
+            name, _, labels = head.partition("{")
+            pairs = tuple(sorted(tuple(p.split("=", 1)) for p in labels.rstrip("}").split(",")
+                                 if p)) if labels else ()
+            found[name, tuple((k, v.strip('"')) for k, v in pairs)] = float(value)
+    return found
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+@needs_tracing
+def test_churn_every_vm_named_and_counted_exactly(running):
+    printer = Traced("--format", "json", "--by", "vm", "--map-size", MAP_SIZE)
+    intervals = Drained("--format", "json", "--by", "vm", "--map-size", MAP_SIZE, "-i", "0.5")
+    exporter = Exporter(running, "--by", "vm", "--map-size", MAP_SIZE, "--retention", "1")
+    # Warm up what the exporter allocates once (its first VMs, evictions, scrapes).
+    warm = churn(20, "warm")
+    time.sleep(2)
+    get(exporter.url)
+    before = rss_kb(exporter.proc.pid)
+    lives = churn(300, "churn")
+    time.sleep(2)       # past the retention: the exporter forgets them all
+    page = metrics(exporter.url)
+    after = rss_kb(exporter.proc.pid)
+    outs = [t.stop() for t in (printer, intervals)]
+    assert exporter.stop()[0] == 0
+    for rc, out, err in outs:
+        assert rc == 0, err
+
+    total = json.loads(outs[0][1])
+    summed = {}      # the intervals, added up
+    for line in outs[1][1].splitlines():
+        for key, counts in groups(json.loads(line)["rows"]).items():
+            for port, (e, b) in counts.items():
+                e0, b0 = summed.setdefault(key, {}).get(port, (0, 0))
+                summed[key][port] = (e0 + e, b0 + b)
+    mine = {pid for pid, _, _, _ in warm + lives}
+    foreign = {key for key in groups(total["rows"]) if key[0] not in mine}
+    for found in (groups(total["rows"]), summed):
+        # Named, and exact: each process under its own name, nothing unnamed.
+        assert {key: found.get(key) for key in ((pid, name) for pid, name, _, _ in lives)} == {
+            (pid, name): expected for pid, name, expected, _ in lives}
+        assert not [key for key in found if key[0] in mine and key[1] is None]
+    if not foreign:     # another's VM on the host may fill the small map
+        assert total["dropped_events"] == 0
+    # The kernel map holds the keys of running VMs only (others' on the
+    # host, each a series), and the exporter has forgotten all of these.
+    assert page["piobpf_map_entries", ()] <= len([k for k in page if k[0] ==
+                                                  "piobpf_pio_events_total"])
+    assert not [k for k in page if dict(k[1]).get("vm", "").startswith(("warm-", "churn-"))]
+    assert after - before < 4096, (before, after)       # kB
+
+
+def query(url, promql):
+    """The result of a Prometheus instant query."""
+    q = urllib.parse.urlencode({"query": promql})
+    return json.loads(get(f"{url}/api/v1/query?{q}"))["data"]["result"]
+
+
+@needs_tracing
+def test_prometheus_during_churn(running, prometheus):
+    live = [HeldGuest(*guest_ops(i)[0], name=f"live-{i}") for i in (1, 2)]
+    running += [g.proc for g in live]
+    exporter = Exporter(running, "--by", "vm", "--map-size", MAP_SIZE,
+                        "--retention", str(RETENTION))
+    url = prometheus(exporter.target)
+
+    def scraped(after):
+        wait_for("a scrape", lambda: [r for r in query(url, "timestamp(piobpf_map_entries)")
+                                      if float(r["value"][1]) > after])
+    scraped(time.time())    # scraping: every second from now on
+    for g in live:
+        g.start()
+    for g in live:
+        g.wait_done()
+    lives = churn(60, "scraped")
+    scraped(time.time() + RETENTION + 1)    # the last one's retention is over
+    series = query(url, "piobpf_pio_events_total[10m]")
+    now = {(r["metric"]["vm"], r["metric"]["port"]): r["value"][1]
+           for r in query(url, "piobpf_pio_events_total")}
+    for g in live:
+        g.end()
+    assert exporter.stop()[0] == 0
+
+    def samples(name, port):
+        found = [r["values"] for r in series if (r["metric"]["vm"], r["metric"]["port"]) == (
+            name, port)]
+        assert len(found) == 1, (name, port, found)
+        return [(ts, float(v)) for ts, v in found[0]]
+
+    # No counter of any VM goes backwards within its series.
+    for r in series:
+        values = [float(v) for _, v in r["values"]]
+        assert values == sorted(values), r["metric"]
+    for _, name, expected, exited in lives:
+        for (_, port), (events, _) in expected.items():
+            got = samples(name, f"{port:#x}")
+            assert got[-1][1] == events
+            assert got[-1][0] > exited, (name, "ended before its process did")
+            assert (name, f"{port:#x}") not in now, (name, "not ended after the retention")
+    for i in (1, 2):
+        for (_, port), (events, _) in guest_ops(i)[1].items():
+            assert float(now[f"live-{i}", f"{port:#x}"]) == events
+
+
+@needs_tracing
+def test_vms_started_before_piobpf_are_named_though_gone_at_once():
+    # Each does its port I/O as soon as piobpf runs, then exits right away.
+    guests = [subprocess.Popen([PY, "-m", "piobpf.guest", "-name", f"guest=early-{i}", "--wait",
+                                *guest_ops(i)[0]], env=ENV, text=True, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE) for i in (1, 2)]
+    for g in guests:
+        assert g.stdout.readline() == "ready\n"
+    t = Traced("--format", "json", "--by", "vm", "-p", ",".join(str(g.pid) for g in guests))
+    for g in guests:
+        g.stdin.write("go\n")
+        g.stdin.flush()
+    for g in guests:
+        assert g.wait(timeout=60) == 0
+    rc, out, err = t.stop()
+    assert rc == 0, err
+    assert groups(json.loads(out)["rows"]) == {
+        (g.pid, f"early-{i}"): guest_ops(i)[1] for i, g in zip((1, 2), guests)}
+
+
+def spawn_with_pid(pid, *args):
+    """A guest process that gets `pid`, free now: the kernel's next pid set
+    just below it in the initial pid namespace, whose pids BPF sees (in a
+    child namespace it would see other pids). Another process of the host
+    may take it first: then None."""
+    with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+        f.write(str(pid - 1))
+    proc = subprocess.Popen([PY, "-m", "piobpf.guest", *args], env=ENV, stdout=subprocess.DEVNULL)
+    if proc.pid == pid:
+        return proc
+    proc.kill()
+    proc.wait()
+    return None
+
+
+@needs_tracing
+def test_a_recycled_pid_is_another_vm():
+    t = Traced("--format", "json", "--by", "vm")
+    try:
+        for _ in range(20):
+            pid = life(1, "old")[0]
+            new = spawn_with_pid(pid, "-name", "guest=new-1", *guest_ops(2)[0])
+            if new:
+                assert new.wait(timeout=60) == 0
+                break
+    finally:
+        rc, out, err = t.stop()
+    assert rc == 0, err
+    assert new, "other processes took every pid this test freed"
+    found = groups(json.loads(out)["rows"])
+    assert (found[pid, "old-1"], found[pid, "new-1"]) == (guest_ops(1)[1], guest_ops(2)[1])
+
+
+def test_device_maps_are_per_process(tmp_path):
+    qmp = ["qemu-system-x86_64", "-qmp", f"unix:{tmp_path}/none.sock,server=on"]
+    (tmp_path / "proc").mkdir()
+    procfs = tmp_path / "proc"
+    old = fake_proc(procfs, 10, qmp, "qemu-system-x86", start=100)
+    maps = devices.VmmMaps(proc=str(procfs), timeout=0.1)
+    assert set(maps.vms) == {old}
+    new = fake_proc(procfs, 10, qmp + ["-name", "new"], "qemu-system-x86", start=300)
+    maps.see(new)       # the kernel says a new process counts with pid 10
+    assert set(maps.vms) == {old, new} and maps.vms[old] is not maps.vms[new]
+    maps.forget([old])
+    assert set(maps.vms) == {new}
+    shutil.rmtree(procfs / "10")
+    assert maps.scan() == [new]     # gone from /proc
+    assert Proc(10, 300) in maps.vms     # kept until forgotten, to name its counted ports
