@@ -209,3 +209,23 @@ def test_real_qemu_user_space_ports_all_have_time():
     avg = {(r["direction"], r["port"]): r["avg_ns"] for r in user}
     assert avg[("write", 0x518)] > avg[("write", 0xCF8)]    # fwcfg.dma > pci-conf-idx
     assert avg[("write", 0x3F8)] > avg[("write", 0xCF8)]    # serial > pci-conf-idx
+
+
+@needs_tracing
+@pytest.mark.parametrize("by", ["vm", "vcpu"])
+def test_by_vm_times_survive_the_vm_leaving_the_map(by):
+    # The guest exits before the run ends: its keys, and their times, move
+    # out of the kernel map into piobpf; the final counts and times are whole.
+    guest = HeldGuest("r:0x3fd:1:300", "w:0x3f8:1:200", name="slow", thread_name="CPU 0/KVM",
+                      args=["--delay", "0x3fd:100"])
+    t = Traced("--latency", "--format", "json", "--by", by, "-p", str(guest.pid))
+    guest.start()
+    guest.wait_done()
+    guest.end()         # the process is gone: its VM leaves the kernel map
+    time.sleep(1.5)
+    rc, out, err = t.stop()
+    assert rc == 0, err
+    rows = {(r["vm"], r["direction"], r["port"]): r for r in json.loads(out)["rows"]}
+    a, b = rows[("slow", "read", 0x3FD)], rows[("slow", "write", 0x3F8)]
+    assert (a["events"], a["windows"], b["events"], b["windows"]) == (300, 300, 200, 200)
+    assert a["avg_ns"] >= 100_000 and a["time_ns"] > b["time_ns"]
