@@ -13,7 +13,8 @@
 // twice. By VM or vCPU, the counts of a VM whose process has exited are
 // final; user space moves them out of the map (kernel.py: evict).
 
-#if !defined(PIOBPF_PORT_KEYS) || !defined(PIOBPF_MAX_ENTRIES) || !defined(PIOBPF_MAX_PIDS)
+#if !defined(PIOBPF_PORT_KEYS) || !defined(PIOBPF_MAX_ENTRIES) || !defined(PIOBPF_MAX_PIDS) \
+    || !defined(DROPPED_SLOTS)
 #error "compile through piobpf/kernel.py, which defines the parameters"
 #endif
 // PIOBPF_PORT_KEYS: 2 directions x 65536 ports; PIOBPF_MAX_ENTRIES: keys
@@ -33,16 +34,18 @@ struct pio_counts {
 #endif
 };
 
-// Events whose key could not be counted (map full): reported, not hidden.
-BPF_ARRAY(dropped, u64, 1);
+// What could not be counted, reported, not hidden: events whose key could
+// not be counted (map full); with PIOBPF_LATENCY also exit windows too long
+// to be emulation, of vCPUs not looked up yet, and ones the time maps had no
+// room for. The slots' indices (DROPPED_*) come from kernel.py's DROPPED.
+BPF_ARRAY(dropped, u64, DROPPED_SLOTS);
 #ifdef PIOBPF_FILTER_PIDS
 BPF_HASH(pids, u32, u8, PIOBPF_MAX_PIDS);
 #endif
 
-static __always_inline void drop(void)
+static __always_inline void count_dropped(u32 idx)
 {
-    u32 zero = 0;
-    u64 *d = dropped.lookup(&zero);
+    u64 *d = dropped.lookup(&idx);
     if (d)
         __sync_fetch_and_add(d, 1);
 }
@@ -119,24 +122,24 @@ static __always_inline bool group_dead(void)
 // cannot hide the event from a perf session. Attached with the counting
 // program, which counts nothing until user space starts it (epoch), so no
 // exit of a counted process goes unseen.
-RAW_TRACEPOINT_PROBE(sched_process_exit)
+static __always_inline void vm_exit(void)
 {
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     u32 *vm = live.lookup(&tgid);
 #ifdef PIOBPF_FILTER_PIDS
     if (!vm && !pids.lookup(&tgid))
-        return 0;
+        return;
 #else
     if (!vm)
-        return 0;
+        return;
 #endif
     if (!group_dead())
-        return 0;
+        return;
 #ifdef PIOBPF_FILTER_PIDS
     pids.delete(&tgid);     // -p named this process, not whatever gets its pid next
 #endif
     if (!vm)
-        return 0;
+        return;
     u32 id = *vm, zero = 0;
     live.delete(&tgid);     // the next process with this pid is a new VM
     u32 *e = epoch.lookup(&zero);
@@ -147,7 +150,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exit)
     if (v)
         v->exited = 1;
     doorbell.ringbuf_output(&tgid, sizeof(tgid), 0);
-    return 0;
+    return;
 }
 
 // The id of this process's VM; a new one on its first event.
@@ -185,7 +188,7 @@ static __always_inline bool pio_key(struct pio_key *key, u32 dirport, u64 id)
 #endif
     u32 *vm = vm_of(tgid);
     if (!vm) {
-        drop();
+        count_dropped(DROPPED_EVENTS);
         return false;
     }
     key->dirport = dirport;
@@ -254,7 +257,7 @@ static __always_inline bool pio_slot(u32 *slot, u32 rw, u32 port)
         return false;
     u32 *s = slot_of(&key);
     if (!s) {
-        drop();
+        count_dropped(DROPPED_EVENTS);
         return false;
     }
     *slot = r->slot = *s;
@@ -264,6 +267,199 @@ static __always_inline bool pio_slot(u32 *slot, u32 rw, u32 port)
     return true;
 #endif
 }
+
+#ifdef PIOBPF_LATENCY
+// How long each port I/O exit keeps its vCPU out of the guest.
+//
+// Exits to the VMM in user space: from kvm_userspace_exit (KVM_EXIT_IO,
+// errno 0: KVM_RUN returns to the VMM) until the same thread enters the
+// ioctl KVM_RUN again: the VMM's emulation, its locks and its scheduling.
+// The window's port is read then from the vCPU's own kvm_run page, which
+// still describes the exit just served (exit_reason, io.direction, io.port):
+// user space gives the page's address per (process, vCPU fd) in `runs`, and
+// learns of fds it has not resolved yet from `unresolved`.
+// Exits handled in the kernel: from kvm_exit to kvm_entry around a kvm_pio,
+// where those tracepoints fire (hardware VMX/SVM; not under every nested
+// hypervisor).
+#include <uapi/linux/kvm.h>
+#if !defined(PIOBPF_HIST_SLOTS) || !defined(PIOBPF_MAX_WINDOW_NS) \
+    || !defined(PIOBPF_TIME_ENTRIES) || !defined(PIOBPF_MAX_THREADS)
+#error "compile through piobpf/kernel.py, which defines the latency parameters"
+#endif
+
+struct pio_time {
+    u64 windows;                    // exits timed
+    u64 time_ns;                    // their total
+    u64 max_ns;                     // the longest
+    u64 hist[PIOBPF_HIST_SLOTS];    // log2, as BCC's: slot i counts [2^(i-1), 2^i) ns
+};
+// Keyed as counts is indexed: by port the (direction, port), by VM or vCPU
+// the key's slot (pio_slot).
+BPF_HASH(times, u32, struct pio_time, PIOBPF_TIME_ENTRIES);
+
+// Per vCPU thread: the exit under way. Bounded, and emptied when a thread
+// exits, so a vCPU killed in the middle of an exit leaves nothing behind.
+struct pio_pending {
+    u64 user_ts;            // left KVM_RUN for user space (0: not out)
+    u64 exit_ts;            // kvm_exit (0: none seen)
+    u32 kernel_slot;        // the port I/O between kvm_exit and kvm_entry
+    u8 has_kernel;
+};
+BPF_HASH(pending, u32, struct pio_pending, PIOBPF_MAX_THREADS);
+
+struct run_key {
+    u32 tgid;
+    u32 fd;         // the vCPU's fd, as the VMM passes it to ioctl(KVM_RUN)
+};
+BPF_HASH(runs, struct run_key, u64, PIOBPF_MAX_THREADS);    // -> kvm_run's user address
+BPF_HASH(unresolved, struct run_key, u8, PIOBPF_MAX_THREADS);
+
+// The thread's entry, made on its first exit (a thread of a traced VMM only).
+static __always_inline struct pio_pending *pending_of(u64 id)
+{
+    u32 tid = id;
+    struct pio_pending *p = pending.lookup(&tid);
+    if (p)
+        return p;
+#ifdef PIOBPF_FILTER_PIDS
+    u32 tgid = id >> 32;
+    if (!pids.lookup(&tgid))
+        return 0;
+#endif
+    struct pio_pending zero = {};
+    pending.insert(&tid, &zero);
+    p = pending.lookup(&tid);
+    if (!p)                 // more vCPU threads than the map holds
+        count_dropped(DROPPED_NO_ROOM);
+    return p;
+}
+
+static __always_inline void time_window(u32 slot, u64 ns)
+{
+    if (ns > PIOBPF_MAX_WINDOW_NS) {    // a stopped VM, not emulation
+        count_dropped(DROPPED_TOO_LONG);
+        return;
+    }
+    struct pio_time *t = times.lookup(&slot);
+    if (!t) {
+        struct pio_time zero = {};
+        times.insert(&slot, &zero);
+        t = times.lookup(&slot);
+        if (!t) {
+            count_dropped(DROPPED_NO_ROOM);
+            return;
+        }
+    }
+    u32 bucket = bpf_log2l(ns);
+    if (bucket >= PIOBPF_HIST_SLOTS)
+        bucket = PIOBPF_HIST_SLOTS - 1;
+    __sync_fetch_and_add(&t->windows, 1);
+    __sync_fetch_and_add(&t->time_ns, ns);
+    __sync_fetch_and_add(&t->hist[bucket], 1);
+    if (ns > t->max_ns)     // a race with another CPU may keep the lower of two
+        t->max_ns = ns;
+}
+
+// Whether kvm_exit fires here at all: until it does, count_pio skips the
+// per-thread lookup below (an array slot is read at the cost of a load).
+BPF_ARRAY(kvm_exit_fires, u8, 1);
+
+// From count_pio: the port of an exit the kernel may handle in place.
+static __always_inline void time_pio(u32 slot, u64 id)
+{
+    u32 zero = 0;
+    u8 *fires = kvm_exit_fires.lookup(&zero);
+    if (!fires || !*fires)
+        return;
+    u32 tid = id;
+    struct pio_pending *p = pending.lookup(&tid);
+    if (p && p->exit_ts) {
+        p->kernel_slot = slot;
+        p->has_kernel = 1;
+    }
+}
+
+RAW_TRACEPOINT_PROBE(kvm_userspace_exit)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    // Restarts (errno -EINTR) and other exits are no port's cost.
+    if ((u32)ctx->args[0] != KVM_EXIT_IO || (int)ctx->args[1] != 0)
+        return 0;
+    struct pio_pending *p = pending_of(id);
+    if (p) {
+        p->user_ts = bpf_ktime_get_ns();
+        p->exit_ts = 0;     // this window is timed from user space's side
+    }
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_ioctl)
+{
+    if (args->cmd != KVM_RUN)
+        return 0;
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = id;
+    struct pio_pending *p = pending.lookup(&tid);
+    if (!p || !p->user_ts)
+        return 0;
+    u64 ns = bpf_ktime_get_ns() - p->user_ts;
+    p->user_ts = 0;
+    struct run_key rk = {.tgid = id >> 32, .fd = args->fd};
+    u64 *run = runs.lookup(&rk);
+    if (!run) {             // a vCPU user space has not looked up yet
+        u8 one = 1;
+        unresolved.update(&rk, &one);
+        count_dropped(DROPPED_UNRESOLVED);
+        return 0;
+    }
+    // Two fields of kvm_run (the whole is too big for the BPF stack).
+    u32 reason = 0;
+    __typeof__(((struct kvm_run *)0)->io) io = {};
+    if (bpf_probe_read_user(&reason, sizeof(reason),
+                            (void *)(*run + offsetof(struct kvm_run, exit_reason)))
+        || bpf_probe_read_user(&io, sizeof(io), (void *)(*run + offsetof(struct kvm_run, io)))
+        || reason != KVM_EXIT_IO) {
+        count_dropped(DROPPED_UNRESOLVED);
+        return 0;
+    }
+    u32 slot;
+    if (pio_slot(&slot, io.direction == KVM_EXIT_IO_OUT, io.port))
+        time_window(slot, ns);
+    return 0;
+}
+
+RAW_TRACEPOINT_PROBE(kvm_exit)
+{
+    u32 zero = 0;
+    u8 *fires = kvm_exit_fires.lookup(&zero);
+    if (fires && !*fires)
+        *fires = 1;
+    struct pio_pending *p = pending_of(bpf_get_current_pid_tgid());
+    if (p) {
+        p->exit_ts = bpf_ktime_get_ns();
+        p->has_kernel = 0;
+    }
+    return 0;
+}
+
+RAW_TRACEPOINT_PROBE(kvm_entry)
+{
+    u32 tid = bpf_get_current_pid_tgid();
+    struct pio_pending *p = pending.lookup(&tid);
+    if (!p)
+        return 0;
+    if (p->exit_ts && p->has_kernel)
+        time_window(p->kernel_slot, bpf_ktime_get_ns() - p->exit_ts);
+    p->exit_ts = 0;
+    return 0;
+}
+
+static __always_inline void thread_exit(void)
+{
+    u32 tid = bpf_get_current_pid_tgid();
+    pending.delete(&tid);
+}
+#endif
 
 static __always_inline void count_pio(u32 rw, u32 port, u32 size, u32 count)
 {
@@ -275,6 +471,9 @@ static __always_inline void count_pio(u32 rw, u32 port, u32 size, u32 count)
         return;
     __sync_fetch_and_add(&c->events, 1);
     __sync_fetch_and_add(&c->bytes, (u64)size * count);
+#ifdef PIOBPF_LATENCY
+    time_pio(slot, bpf_get_current_pid_tgid());
+#endif
 }
 
 #ifdef PIOBPF_CLASSIC
@@ -292,6 +491,21 @@ TRACEPOINT_PROBE(kvm, kvm_pio)
 RAW_TRACEPOINT_PROBE(kvm_pio)
 {
     count_pio(ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[3]);
+    return 0;
+}
+#endif
+
+#if defined(PIOBPF_KEY_TGID) || defined(PIOBPF_LATENCY)
+// A thread exits: its exit window, if one is open, ends with it; the last
+// thread of a counted VMM ends the VM.
+RAW_TRACEPOINT_PROBE(sched_process_exit)
+{
+#ifdef PIOBPF_LATENCY
+    thread_exit();
+#endif
+#ifdef PIOBPF_KEY_TGID
+    vm_exit();
+#endif
     return 0;
 }
 #endif

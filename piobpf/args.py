@@ -2,6 +2,7 @@
 
 import argparse
 import ipaddress
+import sys
 
 from . import __version__, compare, formats, ioports, names
 from .errors import CliError
@@ -14,6 +15,7 @@ EXAMPLES = """examples:
     piobpf                    # trace until Ctrl-C, then print a table
     piobpf -d 30              # trace for 30 seconds
     piobpf -i 1 -n 10         # top 10 ports every second
+    piobpf --live --by vm     # which port is hot now, full screen; q prints the table
     piobpf -d 10 --format json -o pio.json
     piobpf -d 30 --format seed   # the output of the perf + awk recipe
     piobpf -d 10 --by vm      # which VM: per VMM process, its top ports
@@ -99,9 +101,15 @@ def parse_args(argv):
     p.add_argument("-d", "--duration", type=positive(float), metavar="SECONDS",
                    help="trace this long (default: until Ctrl-C)")
     p.add_argument("-i", "--interval", type=positive(float), metavar="SECONDS",
-                   help="print the counts of every interval of this length")
+                   help="print the counts of every interval of this length "
+                        "(--live: refresh every SECONDS, default 1)")
     p.add_argument("-n", "--top", type=positive(int), metavar="TOP",
                    help="show only the TOP busiest rows (per VM or vCPU with --by)")
+    p.add_argument("--latency", action="store_true",
+                   help="also time each exit: how long it keeps its vCPU out of the guest "
+                        "(TIME, AVG, MAX and a histogram per row)")
+    p.add_argument("--sort", choices=("time", "events"),
+                   help="order of rows (default: time with --latency, else events)")
     p.add_argument("--format", choices=formats.FORMATS, default="table",
                    help="output format (default: table)")
     p.add_argument("-o", "--output", metavar="FILE", help="write results to FILE")
@@ -124,6 +132,10 @@ def parse_args(argv):
     p.add_argument("--prometheus", type=listen_address, metavar="[ADDR:]PORT",
                    help="serve the cumulative counters at http://ADDR:PORT/metrics until "
                         "stopped (ADDR default 127.0.0.1; 0.0.0.0 or [::] for all interfaces)")
+    p.add_argument("--live", action="store_true",
+                   help="a full-screen view refreshed in place, busiest ports first (keys: "
+                        "q quit, s sort, p pause, r reset, g filter); the whole run's "
+                        "table is printed at the end")
     p.add_argument("--retention", type=positive(float), metavar="SECONDS",
                    help=f"with --prometheus: serve an exited VM's final counts this long, "
                         f"then end its series (default {DEFAULT_RETENTION:g})")
@@ -136,6 +148,17 @@ def parse_args(argv):
                          help="compare two results (perf script text or piobpf JSON); "
                               "exit 0 if equal, 1 if not, 2 on error")
     args = p.parse_args(argv)
+    if args.sort == "time" and not args.latency:
+        p.error("--sort time needs --latency")
+    args.sort = args.sort or ("time" if args.latency else "events")
+    if args.live:
+        if args.format != "table" or args.output or args.prometheus or args.from_perf \
+                or args.compare:
+            p.error("--live draws on the terminal: --format, -o, --prometheus, --from-perf "
+                    "and --compare do not go with it")
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            p.error("--live needs a terminal on stdin and stdout")
+        args.interval = args.interval or 1.0
     if args.prometheus and (args.duration or args.interval or args.top or args.output
                             or args.format != "table" or args.from_perf or args.compare):
         p.error("--prometheus serves counters until stopped: -d, -i, -n, --format, -o, "
@@ -143,9 +166,9 @@ def parse_args(argv):
     if (args.from_perf or args.compare) and (
             args.duration or args.interval or args.attach != "auto" or args.pid
             or args.by != "port" or args.map_size != DEFAULT_MAX_ENTRIES
-            or args.device_map != "auto"):
-        p.error("-d, -i, -p, --by, --map-size, --attach and --device-map are for tracing, "
-                "not for --from-perf or --compare")
+            or args.device_map != "auto" or args.latency):
+        p.error("-d, -i, -p, --by, --map-size, --attach, --device-map and --latency are for "
+                "tracing, not for --from-perf or --compare")
     if args.retention and not args.prometheus:
         p.error("--retention is for --prometheus: a printed run shows an exited VM's "
                 "counts to its end")

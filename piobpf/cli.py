@@ -11,7 +11,7 @@ import io
 import os
 import sys
 
-from . import compare, naming, perfscript, results
+from . import compare, live, naming, perfscript, results
 from .args import parse_args
 from .errors import CliError, warn
 from .printer import Printer, open_output
@@ -41,7 +41,7 @@ def run_trace(args):
         # Opened after loading: an -o FILE is not emptied by a run that cannot start.
         with open_output(args.output) as stream:
             printer = Printer(stream, args.format, args.top, session.naming, args.by,
-                              on_failure=session.stopper.stop)
+                              session.stopper.stop, args.sort, args.latency)
             interval = lambda snap, secs: printer.emit(snap, secs, interval=True)
             session.run(interval, interval if args.interval else printer.emit,
                         progress=bool(args.duration and not args.interval
@@ -49,9 +49,20 @@ def run_trace(args):
     return 1 if printer.failed else 0
 
 
+def load_input(path, load):
+    """load(stream) of FILE or -; CliError naming the file when it cannot be read
+    or does not hold what `load` reads."""
+    with open_input(path) as f:
+        try:
+            return load(f)
+        except ValueError as e:
+            raise CliError(f"{path}: {e}")
+        except OSError as e:
+            raise CliError(f"cannot read {path}: {e.strerror}")
+
+
 def run_from_perf(args):
-    with open_input(args.from_perf) as f:
-        parsed = perfscript.parse(f)
+    parsed = load_input(args.from_perf, perfscript.parse)
     report_malformed(args.from_perf, parsed.malformed, parsed.first_malformed)
     names = naming.from_args(args)
     with open_output(args.output) as stream:
@@ -62,22 +73,21 @@ def run_from_perf(args):
 def run_compare(args):
     loaded = []
     for path in args.compare:
-        with open_input(path) as f:
-            try:
-                result = results.load(f)
-            except ValueError as e:
-                raise CliError(f"{path}: {e}")
+        result = load_input(path, results.load)
         report_malformed(path, result.malformed, result.first_malformed)
+        if result.snapshot.dropped:
+            warn(f"{path}: {result.snapshot.dropped} events dropped (the kernel map was full):"
+                 " the results cannot be equal")
         loaded.append(result)
     a, b = loaded
     devices = naming.from_args(args).devices
     # A JSON result's own names first: a trace named ports by its VMs' maps.
     name_of = lambda port: a.names.get(port) or b.names.get(port) or devices(port)[0]
-    rows = compare.compare(a.snapshot, b.snapshot, name_of)
+    comparison = compare.compare(a.snapshot, b.snapshot, name_of)
     with open_output(args.output) as stream:
-        stream.write(compare.RENDER[args.format](rows, *args.compare, top=args.top))
+        stream.write(compare.RENDER[args.format](comparison, *args.compare, top=args.top))
         stream.flush()
-    return 1 if any(r.diff for r in rows) else 0
+    return 0 if comparison.equal else 1
 
 
 def main(argv=None):
@@ -91,6 +101,8 @@ def main(argv=None):
         if args.prometheus:
             from . import serve   # prometheus_client is needed only here
             return serve.run(args)
+        if args.live:
+            return live.run(args)
         return run_from_perf(args) if args.from_perf else run_trace(args)
     except CliError as e:
         warn(e)

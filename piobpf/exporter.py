@@ -8,20 +8,20 @@ is pure and tested without root.
 """
 
 import errno
-import socket
 import threading
 import time
 from collections import defaultdict
-from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from .errors import CliError
-from .snapshot import Counts
+from .snapshot import Counts, Times
 
 try:
-    from prometheus_client import CollectorRegistry, make_wsgi_app
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                        HistogramMetricFamily)
     from prometheus_client.registry import Collector
+
+    from . import httpserver     # on prometheus_client too
 except ImportError:
     raise CliError("--prometheus needs prometheus_client: apt-get install "
                    "python3-prometheus-client (or pip install prometheus-client)") from None
@@ -44,14 +44,38 @@ def label_values(key, naming):
     return tuple(values)
 
 
-def families(snapshot, naming, max_entries, by="port", entries=None):
+# --latency: the exit-time histogram's buckets, upper bounds 2^FIRST_SLOT ns
+# (1 us) up, one per log2 slot of the kernel's; the slots below fold into the first.
+FIRST_SLOT = 10
+
+
+def exit_seconds(times, by):
+    """The --latency histogram family from {label values: Times}."""
+    family = HistogramMetricFamily(
+        "piobpf_pio_exit_seconds", "How long port I/O exits keep the vCPU out of the guest: "
+        "from the exit to user space to the VMM's next KVM_RUN (or kvm_exit to kvm_entry "
+        "where those fire)", labels=LABELS[by])
+    for values, t in sorted(times.items()):
+        cumulative, buckets = 0, []
+        for slot, n in enumerate(t.hist):
+            cumulative += n
+            if slot >= FIRST_SLOT:
+                buckets.append((repr((1 << slot) / 1e9), cumulative))
+        buckets.append(("+Inf", t.windows))
+        family.add_metric(values, buckets, sum_value=t.time_ns / 1e9)
+    return family
+
+
+def families(snapshot, naming, max_entries, by="port", entries=None, latency=False):
     """The metric families of a cumulative snapshot; `entries`: keys in the
     kernel map now (default: the snapshot's keys)."""
     # Keys can share labels (a vCPU thread replaced by one of the same name):
     # their sum is still a counter, where two series of one name would clash.
-    summed = defaultdict(Counts)
+    summed, times = defaultdict(Counts), defaultdict(Times)
     for key, c in snapshot.counts.items():
         summed[label_values(key, naming)] += c
+    for key, t in snapshot.times.items():
+        times[label_values(key, naming)] += t
     events = CounterMetricFamily("piobpf_pio_events", "kvm:kvm_pio events: guest port I/O "
                                  "instructions that exit to the host", labels=LABELS[by])
     nbytes = CounterMetricFamily("piobpf_pio_bytes", "Bytes of those events: access size "
@@ -68,7 +92,7 @@ def families(snapshot, naming, max_entries, by="port", entries=None):
                           value=len(snapshot.counts) if entries is None else entries),
         GaugeMetricFamily("piobpf_map_max_entries", "Keys the kernel map can hold",
                           value=max_entries),
-    ]
+    ] + ([exit_seconds(times, by)] if latency else [])
 
 
 class PioCollector(Collector):
@@ -102,26 +126,12 @@ class PioCollector(Collector):
             s = self._session
             self._sync()
             snapshot = s.read()
-            return families(snapshot, s.naming, s.capacity, s.naming.by, s.entries)
+            return families(snapshot, s.naming, s.capacity, s.naming.by, s.entries, s.latency)
 
     def close(self):
         """Wait for a scrape under way; later ones find nothing (the map is going)."""
         with self._lock:
             self._session = None
-
-
-class QuietHandler(WSGIRequestHandler):
-    def log_message(self, format, *args):
-        """No line per scrape on stderr (the journal, under systemd)."""
-
-
-class Server(ThreadingMixIn, WSGIServer):
-    # A scrape under way does not hold up the end of the run.
-    daemon_threads = True
-
-
-class Server6(Server):
-    address_family = socket.AF_INET6
 
 
 def where(host, port):
@@ -132,12 +142,11 @@ def listen(host, port, collector):
     """A server of the collector's metrics, bound to host:port (not yet serving).
 
     Our own server, not prometheus_client's start_http_server: that one
-    (0.16) cannot be shut down."""
+    (0.16) is wsgiref's, a thread per connection, and cannot be shut down."""
     registry = CollectorRegistry()   # only ours, not the default process metrics
     registry.register(collector)
     try:
-        return make_server(host, port, make_wsgi_app(registry),
-                           Server6 if ":" in host else Server, QuietHandler)
+        return httpserver.Server(host, port, registry)
     except OSError as e:
         hint = " (not an address of this host)" if e.errno == errno.EADDRNOTAVAIL else ""
         raise CliError(f"cannot listen on {where(host, port)}: {e.strerror}{hint}") from None

@@ -12,6 +12,8 @@ from .snapshot import READ
 
 FORMATS = ("table", "json", "csv", "seed")
 CSV_FIELDS = ["direction", "port", "device", "device_source", "events", "bytes"]
+# With --latency; hist_ns is "LOW:COUNT ..." for each filled log2 bucket.
+CSV_TIME_FIELDS = ["time_ns", "windows", "avg_ns", "max_ns", "hist_ns"]
 # Fields that --by adds to JSON rows and CSV columns.
 BY_FIELDS = {"port": [], "vm": ["pid", "vm"], "vcpu": ["pid", "vm", "tid", "thread", "vcpu"]}
 
@@ -41,7 +43,7 @@ def vcpu_label(row):
     return f"vCPU {row.vcpu}" if row.vcpu is not None else f"tid {row.tid}"
 
 
-def _device_column(report):
+def device_column(report):
     """DEVICE cells and the footnote saying where the names came from."""
     used = [src for src in SOURCES if any(r.device_source == src for r in report.rows)]
     mixed = len(used) > 1
@@ -67,34 +69,84 @@ def _group_columns(report):
     return headers, cells
 
 
+def duration(ns):
+    """A time for the eye: 850ns, 12.3us, 4.56ms, 1.23s."""
+    for unit, scale in (("s", 10**9), ("ms", 10**6), ("us", 10**3)):
+        if ns >= scale:
+            value = ns / scale
+            return f"{value:.3g}{unit}" if value < 100 else f"{value:.0f}{unit}"
+    return f"{ns}ns"
+
+
+def avg_ns(times):
+    return times.time_ns // times.windows if times.windows else None
+
+
+def hist_buckets(hist):
+    """(low_ns, high_ns, count) of each filled log2 slot, as BCC's print_log2_hist."""
+    return [((1 << i) >> 1, (1 << i) - 1, n) for i, n in enumerate(hist) if n]
+
+
+def _time_cells(r, total_ns):
+    t = r.times
+    if not t.windows:
+        return ["-", "-", "-", "-"]
+    return [duration(t.time_ns), f"{100.0 * t.time_ns / total_ns:.1f}" if total_ns else "0.0",
+            duration(avg_ns(t)), duration(t.max_ns)]
+
+
+def _lost_line(report):
+    lost = {k: n for k, n in (report.lost or {}).items() if n}
+    return ("exits not timed: " + ", ".join(f"{n} {k.replace('_', ' ')}"
+                                             for k, n in lost.items()) + "\n") if lost else ""
+
+
 def table(report):
     lead, lead_cells = _group_columns(report)
     headers = lead + ["DIR", "PORT", "DEVICE", "EVENTS", "%", "EVENTS/s", "BYTES"]
+    if report.latency:
+        headers += ["TIME", "TIME%", "AVG", "MAX"]
     total, dur = report.total_events, report.duration_s
-    devices, footnote = _device_column(report)
+    devices, footnote = device_column(report)
     body = [cells + [r.direction, f"{r.port:#06x}", device, r.events,
                      f"{100.0 * r.events / total:.1f}" if total else "0.0",
                      f"{r.events / dur:.1f}" if dur > 0 else "-", r.bytes]
+            + (_time_cells(r, report.total_time_ns) if report.latency else [])
             for cells, device, r in zip(lead_cells, devices, report.rows)]
     summary = f"{total} events in {dur:.2f} s ({report.rate:.1f}/s)"
+    if report.latency:
+        summary += f", {duration(report.total_time_ns)} out of the guests"
     if report.dropped_events:
         summary += f", {report.dropped_events} dropped (map full)"
     if not body:
-        return summary + "\n"
+        return summary + "\n" + _lost_line(report)
+    left = len(lead) + 3
     return tabulate(body, headers, tablefmt="simple", disable_numparse=True,
-                    colalign=("left",) * (len(lead) + 3) + ("right",) * 4
-                    ) + f"\n\n{summary}\n{footnote}\n"
+                    colalign=("left",) * left + ("right",) * (len(headers) - left)
+                    ) + f"\n\n{summary}\n{_lost_line(report)}{footnote}\n"
+
+
+def _time_fields(t):
+    return {"time_ns": t.time_ns, "windows": t.windows, "avg_ns": avg_ns(t),
+            "max_ns": t.max_ns if t.windows else None}
 
 
 def to_dict(report):
-    return {
+    out = {
         "duration_s": round(report.duration_s, 6),
         "total_events": report.total_events,
         "dropped_events": report.dropped_events,
         "rows": [{"direction": r.direction, "port": r.port, "device": r.device,
                   "device_source": r.device_source, "events": r.events, "bytes": r.bytes,
+                  **({**_time_fields(r.times), "hist_ns": [
+                      {"low_ns": lo, "high_ns": hi, "count": n}
+                      for lo, hi, n in hist_buckets(r.times.hist)]} if report.latency else {}),
                   **{f: getattr(r, f) for f in BY_FIELDS[report.by]}} for r in report.rows],
     }
+    if report.latency:
+        out["total_time_ns"] = report.total_time_ns
+        out["untimed_exits"] = report.lost
+    return out
 
 
 def json_line(report):
@@ -108,12 +160,17 @@ def csv_text(report, header=True, elapsed=None):
     w = csv.writer(buf, lineterminator="\n")
     lead = [] if elapsed is None else ["elapsed_s"]
     extra = BY_FIELDS[report.by]
+    times = CSV_TIME_FIELDS if report.latency else []
     if header:
-        w.writerow(lead + CSV_FIELDS + extra)
+        w.writerow(lead + CSV_FIELDS + times + extra)
     for r in report.rows:
         at = [] if elapsed is None else [f"{elapsed:.3f}"]
+        timed = []
+        if report.latency:
+            timed = ["" if v is None else v for v in _time_fields(r.times).values()]
+            timed.append(" ".join(f"{lo}:{n}" for lo, _, n in hist_buckets(r.times.hist)))
         w.writerow(at + [r.direction, f"{r.port:#x}", r.device or "", r.device_source,
-                         r.events, r.bytes]
+                         r.events, r.bytes] + timed
                    + ["" if getattr(r, f) is None else getattr(r, f) for f in extra])
     return buf.getvalue()
 

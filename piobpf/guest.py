@@ -1,7 +1,8 @@
 """A tiny real-mode KVM guest that does scripted port I/O (tests and demo).
 
 USAGE: python3 -m piobpf.guest [--irqchip] [--thread-name NAME] [-name NAME]
-                                [--wait] [--hold] [--forever] OP [OP ...] [+ OP ...]
+                                [--wait] [--hold] [--forever] [--delay PORT:US]
+                                OP [OP ...] [+ OP ...]
 
 Each OP is DIR:PORT[-LAST][:SIZE[:REPS[:STRCOUNT]]]: DIR is r or w, SIZE 1,
 2 or 4 (default 1), REPS how often the instruction runs (default 1); with
@@ -142,15 +143,18 @@ class Vcpu:
         struct.pack_into("<Q", regs, 6 * 8, 0xFFF0)        # rsp
         fcntl.ioctl(self.fd, KVM_SET_REGS, regs)
 
-    def loop(self):
-        """Run to the done marker; answer every user-space port read with ANSWER."""
+    def loop(self, delays=None):
+        """Run to the done marker; answer every user-space port read with
+        ANSWER, after sleeping delays[port] seconds where given (a slow VMM)."""
         run = self.run
         exits = 0
         while True:
             fcntl.ioctl(self.fd, KVM_RUN, 0)
             reason = struct.unpack_from("<I", run, 8)[0]
             if reason == KVM_EXIT_IO:
-                direction, size, _port, count, offset = struct.unpack_from("<BBHIQ", run, 32)
+                direction, size, port, count, offset = struct.unpack_from("<BBHIQ", run, 32)
+                if delays and port in delays:
+                    time.sleep(delays[port])
                 if direction == KVM_EXIT_IO_IN:
                     run[offset:offset + size * count] = bytes([ANSWER]) * (size * count)
                 exits += 1
@@ -196,6 +200,15 @@ def set_thread_name(name):
     libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 
+def parse_delay(text):
+    """PORT:MICROSECONDS -> (port, seconds)."""
+    try:
+        port, us = (int(p, 0) for p in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad delay {text!r}: want PORT:MICROSECONDS")
+    return port, us / 1e6
+
+
 def split_programs(words):
     """OP ... [+ OP ...] -> one list of PortOps per vCPU."""
     programs = [[]]
@@ -224,6 +237,9 @@ def main(argv=None):
     parser.add_argument("--hold", action="store_true",
                         help="after the ops, stay alive until stdin closes")
     parser.add_argument("--forever", action="store_true", help="repeat the ops until killed")
+    parser.add_argument("--delay", action="append", type=parse_delay, default=[],
+                        metavar="PORT:MICROSECONDS",
+                        help="answer exits on PORT that much later, as a slow VMM would")
     args = parser.parse_args(argv)
     try:
         guest = Guest(split_programs(args.ops), irqchip=args.irqchip, forever=args.forever)
@@ -240,7 +256,7 @@ def main(argv=None):
     def vcpu_thread(i):
         if args.thread_name:
             set_thread_name(args.thread_name.replace("{i}", str(i)))
-        exits[i] = guest.vcpus[i].loop()
+        exits[i] = guest.vcpus[i].loop(dict(args.delay))
 
     # Threads of their own, like a VMM's vCPU threads, so they carry names.
     threads = [threading.Thread(target=vcpu_thread, args=(i,)) for i in range(len(exits))]

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import warn
-from .snapshot import READ, WRITE, Counts, Proc, Snapshot
+from .snapshot import READ, WRITE, Counts, Proc, Snapshot, Times
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 RAW_ARGS = ["rw", "port", "size", "count"]     # TP_PROTO order the raw probe reads
@@ -26,6 +26,17 @@ ENOTSUPP = 524      # the kernel's own "not supported", absent from Python's err
 BATCH = 4096        # map entries a batch lookup syscall reads
 ATTACH_MODES = ("auto", "raw", "classic")
 MAX_PIDS = 1024                     # processes -p can name: the pids map's size
+# What the kernel could not count, slot by slot of the `dropped` array:
+# events whose key found no room; with --latency, exit windows longer than
+# MAX_WINDOW_NS (a stopped VM, not emulation), windows of a vCPU whose
+# kvm_run page was not looked up yet (see resolve_runs), and windows or
+# threads the time maps had no room for.
+DROPPED = ("events", "too_long", "unresolved", "no_room")
+# --latency: the time maps and the window's limits.
+HIST_SLOTS = 35                     # log2 buckets of ns, up to 2^34 ns (17 s)
+MAX_WINDOW_NS = 10 * 10**9
+TIME_ENTRIES = 16384                # keys with timed exits
+MAX_THREADS = 16384                 # vCPU threads (and their fds) timed at once
 MAX_VMS = 16384     # VMM processes counted at once by VM or vCPU (at most --map-size)
 RECENT = 64         # keys whose counts' slot each CPU remembers, by VM or vCPU
 # What each --by adds to the key, as the BPF C's -D switches.
@@ -37,6 +48,9 @@ KEY_FIELDS = {"port": ("value",), "vm": ("dirport", "vm", "tid"),
               "vcpu": ("dirport", "vm", "tid")}
 LEAF_FIELDS = {"port": ("events", "bytes"), "vm": ("events", "bytes"),
                "vcpu": ("events", "bytes", "comm")}
+TIME_FIELDS = ("windows", "time_ns", "max_ns", "hist")
+# The latency programs' raw tracepoints (BCC attaches them at load).
+LATENCY_RAW_TRACEPOINTS = ("kvm_userspace_exit", "kvm_exit", "kvm_entry", "sched_process_exit")
 INDEX = ("value",)                  # an array's key, a slot, a VM id
 VM_FIELDS = ("tgid", "exited", "start")
 # Fields of the running kernel's own structs that the program reads by VM
@@ -141,6 +155,38 @@ def import_bcc():
                          "(Fedora: dnf install python3-bcc); the PyPI package 'bcc' is "
                          "unrelated") from None
     return bcc
+
+
+VCPU_FD = "anon_inode:kvm-vcpu:"
+
+
+def vcpu_runs(pid, proc="/proc"):
+    """{fd: user address of its kvm_run} for a process's vCPU fds. An fd's
+    link names its vCPU (anon_inode:kvm-vcpu:N) and so does the VMM's mapping
+    of it in /proc/PID/maps, which starts with the kvm_run page. Nothing for
+    a process that holds two VMs, whose vCPU names clash."""
+    try:
+        fds, vms = {}, 0
+        with os.scandir(f"{proc}/{pid}/fd") as entries:
+            for entry in entries:
+                try:
+                    link = os.readlink(entry.path)
+                except OSError:
+                    continue
+                vms += link == "anon_inode:kvm-vm"
+                if link.startswith(VCPU_FD):
+                    fds[int(entry.name)] = link
+        if not fds or vms > 1:
+            return {}
+        starts = {}
+        with open(f"{proc}/{pid}/maps") as f:
+            for line in f:
+                if VCPU_FD in line:
+                    fields = line.split()
+                    starts[fields[-1]] = int(fields[0].split("-")[0], 16)
+    except OSError:     # the process is gone
+        return {}
+    return {fd: starts[name] for fd, name in fds.items() if name in starts}
 
 
 def layout(ctype, names):
@@ -254,7 +300,8 @@ class PioCounter:
     out of the kernel map into this object, where reads find them until
     `forget`."""
 
-    def __init__(self, attach="auto", max_entries=DEFAULT_MAX_ENTRIES, by="port", pids=()):
+    def __init__(self, attach="auto", max_entries=DEFAULT_MAX_ENTRIES, by="port", pids=(),
+                 latency=False):
         check_privileges()
         tracefs = find_tracefs()
         fields = kvm_pio_fields(tracefs)
@@ -264,11 +311,19 @@ class PioCounter:
         self.by = by
         self.capacity = max_entries if BY_KEYS[by] else PORT_KEYS   # keys the map can hold
         cflags = [f"-DPIOBPF_PORT_KEYS={PORT_KEYS}", f"-DPIOBPF_MAX_ENTRIES={int(max_entries)}",
-                  f"-DPIOBPF_MAX_PIDS={MAX_PIDS}"] + [f"-D{k}" for k in BY_KEYS[by]]
+                  f"-DPIOBPF_MAX_PIDS={MAX_PIDS}", f"-DDROPPED_SLOTS={len(DROPPED)}"]
+        cflags += [f"-DDROPPED_{name.upper()}={i}" for i, name in enumerate(DROPPED)]
+        cflags += [f"-D{k}" for k in BY_KEYS[by]]
         if BY_KEYS[by]:
             cflags += [f"-DPIOBPF_MAX_VMS={min(MAX_VMS, int(max_entries))}",
                        f"-DPIOBPF_RECENT={RECENT}"]
             cflags += [f"-D{flag}={offset}" for flag, offset in kernel_offsets().items()]
+        if latency:
+            cflags += ["-DPIOBPF_LATENCY", f"-DPIOBPF_HIST_SLOTS={HIST_SLOTS}",
+                       f"-DPIOBPF_MAX_WINDOW_NS={MAX_WINDOW_NS}ULL",
+                       f"-DPIOBPF_TIME_ENTRIES={TIME_ENTRIES}",
+                       f"-DPIOBPF_MAX_THREADS={MAX_THREADS}"]
+        self.latency = latency
         if self.attach == "classic":
             cflags.append("-DPIOBPF_CLASSIC")
         if pids:
@@ -279,11 +334,17 @@ class PioCounter:
         keys = self._bpf["slots"] if BY_KEYS[by] else self._counts
         self._kfmt = layout(keys.Key, KEY_FIELDS[by])
         self._vfmt = layout(self._counts.Leaf, LEAF_FIELDS[by])
+        if latency:
+            self._times, self._pending = self._bpf["times"], self._bpf["pending"]
+            self._runs, self._unresolved = self._bpf["runs"], self._bpf["unresolved"]
+            layout(self._times.Leaf, TIME_FIELDS)
+            self.resolve_runs(pids or [int(d) for d in os.listdir("/proc") if d.isdigit()])
         self._batch = True
         self._buffers = {}      # map fd -> batch read buffers, allocated once
         self.comms = {}     # (Proc, tid) -> thread name the kernel saw (by vcpu)
         self.entries = 0    # keys in the kernel map at the last read
         self._evicted = {}  # key -> final Counts, of exited VMs not yet forgotten
+        self._evicted_times = {}    # key -> final Times, the same with --latency
         self.doorbells = []
         # The program counts nothing for a filtered run until its pids are in.
         if pids:
@@ -396,7 +457,42 @@ class PioCounter:
         self.entries = len(counts)
         for key, c in self._evicted.items():
             counts[key] = counts.get(key, Counts()) + c
-        return Snapshot(counts, self._dropped[0].value)
+        if not self.latency:
+            return Snapshot(counts, self._dropped[0].value)
+        times = self._read_times()
+        for key, t in self._evicted_times.items():
+            times[key] = times.get(key, Times()) + t
+        return Snapshot(counts, self._dropped[0].value, times,
+                        {name: self._dropped[i].value for i, name in enumerate(DROPPED)
+                         if i})
+
+    def _read_times(self):
+        """Times per key. The time map is keyed as counts is indexed (by VM
+        or vCPU: by slot) and holds only keys with timed exits, a few hundred
+        at most, so a plain walk serves."""
+        slots = self._slot_keys() if BY_KEYS[self.by] else None
+        times = {}
+        for k, t in self._times.items():
+            if slots is None or k.value in slots:
+                ids = (k.value, 0, 0) if slots is None else slots[k.value]
+                times[self._key(*ids)] = Times(t.windows, t.time_ns, t.max_ns, tuple(t.hist))
+        return times
+
+    def resolve_runs(self, pids=()):
+        """Tell the program where each vCPU's kvm_run page is: for the
+        (process, fd) pairs it asked about, and for every vCPU of `pids`."""
+        if not self.latency:
+            return
+        wanted = set(pids) | {k.tgid for k in self._unresolved.keys()}
+        # An fd asked about while this runs is asked about again at its next exit.
+        self._unresolved.clear()
+        for pid in wanted:
+            for fd, address in vcpu_runs(pid).items():
+                self._runs[self._runs.Key(pid, fd)] = ctypes.c_uint64(address)
+
+    def open_windows(self):
+        """Exits under way now (after detach: never to be timed)."""
+        return sum(1 for p in self._pending.values() if p.user_ts)
 
     def read_keys(self, keys):
         """The cumulative counts of a few (direction, port) keys, by port only:
@@ -458,6 +554,13 @@ class PioCounter:
                     del self._slots[k]
         for slot in keys:
             self._counts[self._counts.Key(slot)] = self._counts.Leaf()
+            if self.latency:    # its exit windows are closed too: its threads are gone
+                t = self._times.get(self._times.Key(slot))
+                if t:
+                    key = self._key(*keys[slot])
+                    self._evicted_times[key] = self._evicted_times.get(key, Times()) + Times(
+                        t.windows, t.time_ns, t.max_ns, tuple(t.hist))
+                    del self._times[self._times.Key(slot)]
             self._spare.push(self._spare.Leaf(slot))
         for vm in vms:
             del self._vms[self._vms.Key(vm)]
@@ -467,15 +570,21 @@ class PioCounter:
         """Drop what is kept of these exited VMs: final counts, thread names."""
         procs = set(procs)
         self._evicted = {k: c for k, c in self._evicted.items() if k[2] not in procs}
+        self._evicted_times = {k: t for k, t in self._evicted_times.items()
+                               if k[2] not in procs}
         for key in [k for k in self.comms if k[0] in procs]:
             del self.comms[key]
 
     def detach(self):
-        """Stop counting; the map stays readable for the final read."""
+        """Stop counting; the maps stay readable for the final read."""
         if self.attach == "raw":
             self._bpf.detach_raw_tracepoint(tp=b"kvm_pio")
         else:
             self._bpf.detach_tracepoint(tp=b"kvm:kvm_pio")
+        if self.latency:
+            for tp in LATENCY_RAW_TRACEPOINTS:
+                self._bpf.detach_raw_tracepoint(tp=tp.encode())
+            self._bpf.detach_tracepoint(tp=b"syscalls:sys_enter_ioctl")
 
     def close(self):
         self._bpf.cleanup()

@@ -36,15 +36,18 @@ class Printer:
     stdout was the one failing), `on_failure` is called to end the run, and
     `failed` makes the exit status non-zero."""
 
-    def __init__(self, out, fmt, top, naming, by="port", on_failure=None):
+    def __init__(self, out, fmt, top, naming, by="port", on_failure=None, sort="events",
+                 latency=False):
         self.out, self.fmt, self.top, self.naming, self.by = out, fmt, top, naming, by
+        self.sort, self.latency = sort, latency
         self.on_failure = on_failure
         self.started = time.monotonic()
         self.count = 0
         self.failed = False
 
     def emit(self, snapshot, duration, interval=False):
-        report = make_report(snapshot, duration, self.naming, self.top, self.by)
+        report = make_report(snapshot, duration, self.naming, self.top, self.by, self.sort,
+                             self.latency)
         if self.fmt == "json":
             text = formats.json_line(report)
         elif self.fmt == "csv":

@@ -4,7 +4,7 @@ names come from a naming.Naming or anything with its device and labels)."""
 from collections import defaultdict
 from dataclasses import dataclass
 
-from .snapshot import READ
+from .snapshot import READ, Counts, Times
 
 
 @dataclass(frozen=True)
@@ -15,11 +15,16 @@ class Row:
     device_source: str  # where `device` came from: devices.VMM, IOPORTS_FILE, HOST_IOPORTS
     events: int
     bytes: int
+    times: object = None    # snapshot.Times with --latency, else None
     pid: object = None  # the rest only with --by vm (pid, vm) or vcpu (all)
     vm: object = None
     tid: object = None
     thread: object = None
     vcpu: object = None
+
+    @property
+    def time_ns(self):
+        return self.times.time_ns if self.times else 0
 
 
 @dataclass(frozen=True)
@@ -29,29 +34,39 @@ class Report:
     dropped_events: int
     rows: tuple
     by: str = "port"
+    latency: bool = False
+    total_time_ns: int = 0      # over all rows, also those cut by `top`
+    lost: dict = None           # with latency: windows the kernel could not time, by reason
 
     @property
     def rate(self):
         return self.total_events / self.duration_s if self.duration_s > 0 else 0.0
 
 
-def _by_events(rows):
-    return sorted(rows, key=lambda r: (-r.events, r.direction != READ, r.port))
+SORTS = {"events": lambda r: r.events, "time": lambda r: r.time_ns}
 
 
-def make_report(snapshot, duration_s, naming, top=None, by="port"):
-    """Rows sorted by events, most first; ties by direction, then port.
+def make_report(snapshot, duration_s, naming, top=None, by="port", sort="events",
+                latency=False):
+    """Rows sorted by `sort` (events, or time with --latency), most first;
+    ties by events, direction, then port.
 
     With --by vm|vcpu (`naming.labels` gives the extra fields of a key) rows
     are grouped per VM or vCPU, busiest group first, `top` rows per group."""
+    weight = SORTS[sort]
     groups = defaultdict(list)
-    for key, c in snapshot.counts.items():
+    # A window can end in an interval after its event's: keys of either map.
+    for key in snapshot.counts.keys() | snapshot.times.keys():
+        c = snapshot.counts.get(key, Counts())
+        times = snapshot.times.get(key, Times()) if latency else None
         groups[key[2:]].append(Row(key[0], key[1], *naming.device(key), c.events, c.bytes,
-                                   **naming.labels(key)))
-    ordered = sorted(groups.values(), key=lambda g: (-sum(r.events for r in g), g[0].pid or 0,
+                                   times, **naming.labels(key)))
+    ordered = sorted(groups.values(), key=lambda g: (-sum(weight(r) for r in g), g[0].pid or 0,
                                                      g[0].tid or 0))
     rows = []
     for group in ordered:
-        group = _by_events(group)
+        group.sort(key=lambda r: (-weight(r), -r.events, r.direction != READ, r.port))
         rows.extend(group[:top] if top else group)
-    return Report(duration_s, snapshot.total_events, snapshot.dropped, tuple(rows), by)
+    return Report(duration_s, snapshot.total_events, snapshot.dropped, tuple(rows), by,
+                  latency, sum(t.time_ns for t in snapshot.times.values()),
+                  snapshot.lost if latency else None)

@@ -40,7 +40,7 @@ class Stopper:
 
     def wait(self, seconds, fds=()):
         """Sleep up to `seconds` (inf: until a signal), or until one of `fds`
-        (the kernel's rings) is readable; returns those that are."""
+        (a terminal's keys, the kernel's rings) is readable; returns those that are."""
         if self.stopped or seconds <= 0:
             return []
         timeout = None if seconds == float("inf") else seconds
@@ -77,13 +77,17 @@ class Session:
         known = names.vmm_processes() if args.by != "port" else None
         # Load first: a missing privilege or header is the one line to show.
         self.counter = PioCounter(attach=args.attach, max_entries=args.map_size, by=args.by,
-                                  pids=args.pid or ())
+                                  pids=args.pid or (), latency=args.latency)
         try:
             self.naming = naming.from_args(args, self.counter.comms, known)
         except BaseException:
             self.counter.close()
             raise
         self.gone = {}      # Proc -> when its VM was seen to exit (monotonic)
+
+    @property
+    def latency(self):
+        return self.args.latency
 
     @property
     def capacity(self):
@@ -129,25 +133,33 @@ class Session:
         self.naming.learn(snap)
         return snap
 
-    def look(self, progress=False):
-        """The look of each second: new VMMs, and what names need to read.
-        Returns the snapshot when it read all of the map."""
+    def look(self, snap=None, progress=False):
+        """The look of each second: new VMMs and vCPUs, and what names need
+        to read, unless `snap` was read at this very tick. Returns the
+        snapshot when there is one of all of the map."""
+        self.counter.resolve_runs()
         self._left(self.naming.tick())
+        if snap:
+            return snap
         if progress or self.naming.watch == "all":
             return self.read()
         if self.naming.watch:
             self.naming.learn(self.counter.read_keys(self.naming.watch))
         return None
 
-    def run(self, interval, final, progress=False):
+    def run(self, interval, final, progress=False, wait=None):
         """Count until -d, Ctrl-C or SIGTERM; the last read comes after detach.
 
         `interval(delta, seconds)` gets each -i interval, `final(snapshot,
         seconds)` the whole run (or, with -i, the last partial interval).
         Besides, VMs that come and go are handled at once (`sync`), once a
-        second names learn of new VMMs and moved BARs (`look`) and progress
-        shows. Exited VMs' counts are kept to the end, or with -i until the
-        interval that holds their last events is out."""
+        second names learn of new VMMs, vCPUs and moved BARs (`look`) and
+        progress shows. Exited VMs' counts are kept to the end, or with -i
+        until the interval that holds their last events is out.
+        `wait(seconds, fds)` sleeps between those (default: stopper.wait)
+        and returns which of `fds` (the kernel's rings) turned readable; a
+        front end that reads keys meanwhile passes its own, which returns
+        early once the stopper is stopped."""
         args = self.args
         start = last_t = time.monotonic()
         what = f"for {args.duration:g} s" if args.duration else "until Ctrl-C"
@@ -155,11 +167,11 @@ class Session:
         never = float("inf")
         deadline = start + args.duration if args.duration else never
         report_at = start + args.interval if args.interval else never
-        second_at = start + SECOND if progress or self.naming.ticks else never
+        second_at = start + SECOND if progress or self.naming.ticks or args.latency else never
         last, slow = Snapshot(), False
+        wait = wait or self.stopper.wait
         while not self.stopper.stopped:
-            if self.stopper.wait(min(report_at, second_at, deadline) - time.monotonic(),
-                                 self.doorbells):
+            if wait(min(report_at, second_at, deadline) - time.monotonic(), self.doorbells):
                 self.sync()
             now = time.monotonic()
             if self.stopper.stopped or now >= deadline:
@@ -178,16 +190,16 @@ class Session:
                          f"takes here ({took:.2f} s): intervals are that long or longer")
             if now >= second_at:
                 second_at = next_tick(second_at, SECOND, now)
-                if snap:
-                    self._left(self.naming.tick())
-                else:
-                    snap = self.look(progress)
+                snap = self.look(snap, progress)
                 if progress:
                     sys.stderr.write(f"\r{now - start:.0f}/{args.duration:g} s, "
                                      f"{snap.total_events} events ")
                     sys.stderr.flush()
         self.counter.detach()
         snap, end = self.read(), time.monotonic()
+        if args.latency:
+            # Exits under way at the end: their windows never close.
+            snap.lost["open_at_end"] = self.counter.open_windows()
         if progress:
             sys.stderr.write("\r\033[K")
         final(snap - last, end - last_t)

@@ -30,12 +30,37 @@ class Counts(NamedTuple):
         return Counts(self.events - other.events, self.bytes - other.bytes)
 
 
+class Times(NamedTuple):
+    """With --latency: the exits of a key timed so far, their total and
+    longest, and a log2 histogram (slot i: [2^(i-1), 2^i) ns, as BCC's)."""
+    windows: int = 0
+    time_ns: int = 0
+    max_ns: int = 0
+    hist: tuple = ()
+
+    def __add__(self, other):
+        hist = tuple(a + b for a, b in zip(self.hist, other.hist)) if self.hist else other.hist
+        return Times(self.windows + other.windows, self.time_ns + other.time_ns,
+                     max(self.max_ns, other.max_ns), hist)
+
+    def __sub__(self, other):
+        """The windows since `other`; max_ns stays the longest since the start
+        (a maximum cannot be taken apart)."""
+        hist = tuple(a - b for a, b in zip(self.hist, other.hist)) if other.hist else self.hist
+        return Times(self.windows - other.windows, self.time_ns - other.time_ns,
+                     self.max_ns, hist)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """Counts per key (a (direction, port) tuple, by VM plus its Proc, by
-    vCPU plus the Proc and the tid), plus dropped events."""
+    vCPU plus the Proc and the tid), plus dropped events; with --latency,
+    Times per key and what the kernel could not time (`lost`: reason ->
+    windows, as kernel.DROPPED names them)."""
     counts: dict = field(default_factory=dict)
     dropped: int = 0
+    times: dict = field(default_factory=dict)
+    lost: dict = field(default_factory=dict)
 
     @property
     def total_events(self):
@@ -48,4 +73,21 @@ class Snapshot:
             d = now - earlier.counts.get(key, Counts())
             if d.events or d.bytes:
                 diff[key] = d
-        return Snapshot(diff, self.dropped - earlier.dropped)
+        times = {}
+        for key, now in self.times.items():
+            d = now - earlier.times.get(key, Times())
+            if d.windows:
+                times[key] = d
+        lost = {k: n - earlier.lost.get(k, 0) for k, n in self.lost.items()}
+        return Snapshot(diff, self.dropped - earlier.dropped, times, lost)
+
+    def __add__(self, later):
+        """This snapshot plus the interval after it: the snapshot at its end."""
+        counts, times = dict(self.counts), dict(self.times)
+        for key, c in later.counts.items():
+            counts[key] = counts.get(key, Counts()) + c
+        for key, t in later.times.items():
+            times[key] = times.get(key, Times()) + t
+        lost = {k: self.lost.get(k, 0) + later.lost.get(k, 0)
+                for k in self.lost.keys() | later.lost.keys()}
+        return Snapshot(counts, self.dropped + later.dropped, times, lost)

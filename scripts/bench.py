@@ -2,24 +2,35 @@
 
 Run through scripts/bench.sh (root). A guest does in-kernel port reads (PIC
 port 0x21 with the in-kernel irqchip: the fastest exit path, where a tracer's
-cost shows most). Each traced run sits between two untraced runs, and its
-throughput is taken relative to their mean: this machine's speed drifts by
-several per cent between minutes, adjacent pairs cancel that. Several rounds,
-interleaved; the figures are medians of those pair ratios.
+cost shows most).
 
-The floor is an empty BPF program on the kvm_pio raw tracepoint: no BPF
-tracer of this event can cost less.
+piobpf against the floor (an empty BPF program on the same raw tracepoint:
+no BPF tracer of this event can cost less) is the comparison that matters,
+and their difference is smaller than this machine's drift between seconds.
+So both programs stay loaded in this process, one attached at a time, and
+short runs alternate between them in ABBA/BAAB blocks: attaching is a
+syscall, the runs are adjacent, and linear drift cancels within a block.
+Each run is timed by the vCPU thread's own CPU clock (the program runs on
+that thread), so other processes taking the CPU do not count. Blocks go on,
+after --min-s, until the sign-test interval of the median difference is
+narrower than the budget, or until the time cap.
+
+bpftrace and perf record are whole processes: each traced run sits between
+two untraced runs (wall-clock), and counts relative to their mean.
 """
 
 import argparse
 import contextlib
+import fcntl
 import glob
 import json
+import math
 import os
 import platform
 import shutil
 import signal
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -30,22 +41,189 @@ from tabulate import tabulate
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from piobpf import perfrecord  # noqa: E402  (the repository's, not an installed copy)
+# The repository's, not an installed copy.
+from piobpf import guest, perfrecord  # noqa: E402
+from piobpf.kernel import PioCounter  # noqa: E402
+
 PY = "/usr/bin/python3"
 ENV = dict(os.environ, PYTHONPATH=str(REPO))
+FLOOR = "floor (empty BPF)"
 FLOOR_PROGRAM = "RAW_TRACEPOINT_PROBE(kvm_pio) { return 0; }"
+PROBE = b"raw_tracepoint__kvm_pio"     # what RAW_TRACEPOINT_PROBE(kvm_pio) names its function
 BPFTRACE_PROGRAM = "tracepoint:kvm:kvm_pio { @[args->rw, args->port] = count(); }"
 FLOOR_CMD = [PY, "-c", "import sys; from bcc import BPF; b = BPF(text=sys.argv[1]); "
                        "print('Tracing', file=sys.stderr, flush=True); sys.stdin.read()",
              FLOOR_PROGRAM]
+CHECKPOINT_PORT = 0x80      # not emulated in the kernel: its read ends a KVM_RUN
+CALIBRATE_OPS = 20_000
+STATS_RUN_S = 0.3           # a run of the ns/event figures, CPU seconds
 
 
 def guest_throughput(ops):
-    """In-kernel port reads a second, as the guest itself timed its vCPU."""
+    """In-kernel port reads a second, as a guest process itself timed its vCPU."""
     out = subprocess.run([PY, "-m", "piobpf.guest", "--irqchip", f"r:0x21:1:{ops}"],
                          env=ENV, capture_output=True, text=True, check=True).stdout
     seconds = float(out.split("seconds=")[1])
     return ops / seconds
+
+
+class PicGuest:
+    """A VM in this process whose vCPU reads port 0x21 `ops` times, then port
+    0x80, which exits to us, then starts over: each run() is one KVM_RUN."""
+
+    def __init__(self, ops):
+        self.ops = ops
+        self._vm = guest.Guest([[guest.PortOp("read", 0x21, 1, ops),
+                                 guest.PortOp("read", CHECKPOINT_PORT)]],
+                               irqchip=True, forever=True)
+        self._vcpu = self._vm.vcpus[0]
+        self.run()      # the first run faults the guest's pages in
+
+    def run(self):
+        """CPU seconds this thread (the vCPU) took for `ops` reads."""
+        t0 = time.thread_time()
+        fcntl.ioctl(self._vcpu.fd, guest.KVM_RUN, 0)
+        took = time.thread_time() - t0
+        reason = struct.unpack_from("<I", self._vcpu.run, 8)[0]
+        if reason != guest.KVM_EXIT_IO:
+            raise RuntimeError(f"bench guest: unexpected KVM exit reason {reason}")
+        return took
+
+
+def calibrated_ops(run_s):
+    """Reads a run needs to take about `run_s` CPU seconds here and now."""
+    probe = PicGuest(CALIBRATE_OPS)
+    took = statistics.median(probe.run() for _ in range(5))
+    return max(1000, int(round(CALIBRATE_OPS * run_s / took, -3)))
+
+
+def fdinfo(path):
+    return dict(line.split(":\t", 1) for line in Path(path).read_text().splitlines()
+                if ":\t" in line)
+
+
+class Programs:
+    """BPF programs on the kvm_pio raw tracepoint, loaded once in this
+    process; `use` attaches one, then detaches the other, so the tracepoint
+    never goes without a program (no static-key flips between runs)."""
+
+    def __init__(self):
+        # piobpf's program as piobpf itself builds and loads it, by port and by
+        # VM; their BPF objects, since attaching is the bench's to do here.
+        self._counters = [PioCounter(attach="raw"), PioCounter(attach="raw", by="vm")]
+        self.bpf = {"piobpf": self._counters[0]._bpf,
+                    "piobpf --by vm": self._counters[1]._bpf}
+        from bcc import BPF
+        self.bpf[FLOOR] = BPF(text=FLOOR_PROGRAM)
+        for b in self.bpf.values():     # BCC attached each as it loaded
+            b.detach_raw_tracepoint(tp=b"kvm_pio")
+        self.on = None
+
+    def use(self, name):
+        if name != self.on:
+            self.bpf[name].attach_raw_tracepoint(tp=b"kvm_pio", fn_name=PROBE)
+            self.off()
+            self.on = name
+
+    def off(self):
+        if self.on:
+            self.bpf[self.on].detach_raw_tracepoint(tp=b"kvm_pio")
+            self.on = None
+
+    def stats(self, name):
+        """(run_time_ns, run_cnt) of a program, counted while kernel.bpf_stats_enabled."""
+        info = fdinfo(f"/proc/self/fdinfo/{self.bpf[name].funcs[PROBE].fd}")
+        return int(info["run_time_ns"]), int(info["run_cnt"])
+
+    def close(self):
+        self.off()
+        for counter in self._counters:
+            counter.close()
+        self.bpf[FLOOR].cleanup()
+
+
+def median_interval(xs, confidence=0.95):
+    """Sign-test interval of the median: order statistics, no assumption on
+    the distribution; None below the 6 values a 95 % interval needs."""
+    xs, n = sorted(xs), len(xs)
+    k, tail = 0, 0.0    # values cut off each end; their binomial probability
+    while k < n and tail + math.comb(n, k) / 2 ** n <= (1 - confidence) / 2:
+        tail += math.comb(n, k) / 2 ** n
+        k += 1
+    return (xs[k - 1], xs[n - k]) if k else None
+
+
+def ab_block(programs, pic, k, a="piobpf", b=FLOOR):
+    """One ABBA (even k) or BAAB block: a's throughput relative to b's, minus 1."""
+    seconds = {a: 0.0, b: 0.0}
+    for name in (a, b, b, a) if k % 2 == 0 else (b, a, a, b):
+        programs.use(name)
+        seconds[name] += pic.run()
+    return seconds[b] / seconds[a] - 1
+
+
+def paired(programs, pic, budget, min_s, max_s):
+    """ABBA blocks for at least `min_s` seconds (conditions here shift between
+    minutes: the figure should span more than a moment), then until the
+    median difference's interval is narrower than `budget`, or for `max_s`."""
+    diffs, t0, note = [], time.monotonic(), 30
+    while True:
+        diffs.append(ab_block(programs, pic, len(diffs)))
+        ci, elapsed = median_interval(diffs), time.monotonic() - t0
+        if ci and (elapsed > max_s or elapsed >= min_s and ci[1] - ci[0] < budget):
+            break
+        if ci and elapsed >= note:
+            note += 30
+            print(f"paired: {len(diffs)} blocks, interval {ci[0]:+.4f} to {ci[1]:+.4f}",
+                  file=sys.stderr, flush=True)
+    programs.use(FLOOR)
+    floor_s = statistics.median(pic.run() for _ in range(5))
+    median = statistics.median(diffs)
+    # In time: how much longer each exit took under piobpf than under the floor.
+    ns = lambda d: (1 / (1 + d) - 1) * floor_s / pic.ops * 1e9
+    return {"blocks": len(diffs), "ops_per_run": pic.ops, "wall_s": time.monotonic() - t0,
+            "max_s": max_s,
+            "floor_run_cpu_s": floor_s, "floor_events_per_cpu_s": pic.ops / floor_s,
+            "budget": budget, "median": median, "ci95": list(ci),
+            "resolved": ci[1] - ci[0] < budget, "ns_per_event": ns(median),
+            "ns_per_event_ci95": [ns(ci[1]), ns(ci[0])], "diffs": diffs}
+
+
+def describe_paired(p):
+    """The difference with its interval, and whether that resolves the budget."""
+    head = (f"piobpf - floor: {p['median']:+.4f} of the floor's guest throughput "
+            f"({100 * p['median']:+.2f} %), {p['ns_per_event']:+.1f} ns an exit; "
+            f"{p['blocks']} ABBA blocks of {p['ops_per_run']} reads a run, {p['wall_s']:.0f} s")
+    lo, hi = p["ci95"]
+    span = (f"95 % interval {lo:+.4f} to {hi:+.4f} ({100 * lo:+.2f} % to {100 * hi:+.2f} %),"
+            f" {hi - lo:.4f} wide")
+    if p["resolved"]:
+        return f"{head}\n{span}: narrower than the budget {p['budget']}"
+    return (f"{head}\nNOT RESOLVED within the {p['max_s']:g} s cap: the {span}, "
+            f"not narrower than the budget {p['budget']}")
+
+
+def bpf_costs(programs, pic, rounds):
+    """ns per event of each program, from kernel.bpf_stats_enabled, in runs
+    of their own: the accounting costs too, so it is off in the paired runs."""
+    stats = Path("/proc/sys/kernel/bpf_stats_enabled")
+    was = stats.read_text().strip()
+    runs = {name: [] for name in programs.bpf}
+    names = list(programs.bpf)
+    try:
+        for rnd in range(rounds):
+            for name in names[rnd % len(names):] + names[:rnd % len(names)]:
+                programs.use(name)
+                ns0, cnt0 = programs.stats(name)
+                stats.write_text("1")
+                pic.run()
+                stats.write_text(was)
+                ns1, cnt1 = programs.stats(name)
+                runs[name].append((ns1 - ns0) / (cnt1 - cnt0))
+    finally:
+        stats.write_text(was)
+    return {name: {"median": statistics.median(r), "min": min(r), "max": max(r), "runs": r}
+            for name, r in runs.items()}
 
 
 class Tracer:
@@ -63,22 +241,26 @@ class Tracer:
         self.startup_s = time.monotonic() - t0
 
     def bpf_fds(self, kind):
-        """fdinfo texts of this process's BPF programs ("prog") or maps ("map")."""
+        """fdinfo of this process's BPF programs ("prog") or maps ("map")."""
         found = []
         for path in glob.glob(f"/proc/{self.proc.pid}/fdinfo/*"):
             try:
-                text = Path(path).read_text()
+                info = fdinfo(path)
             except OSError:
                 continue
-            if f"{kind}_type:" in text:
-                found.append(dict(line.split(":\t", 1) for line in text.splitlines()
-                                  if ":\t" in line))
+            if f"{kind}_type" in info:
+                found.append(info)
         return found
 
     def peak_rss_mb(self):
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
+
+    def cpu_s(self):
+        """CPU time of all its threads so far (schedstat: nanoseconds, not ticks)."""
+        return sum(int(Path(p).read_text().split()[0])
+                   for p in glob.glob(f"/proc/{self.proc.pid}/task/*/schedstat")) / 1e9
 
     def stop(self):
         self.proc.send_signal(signal.SIGINT)
@@ -113,10 +295,9 @@ def running(name, tmp):
 
 
 def start(name, tmp):
-    if name.startswith("piobpf"):     # "piobpf --by vm": its options follow
-        return Tracer(name, [PY, "-m", "piobpf", "--format", "json", *name.split()[1:]],
-                      "stderr")
-    if name == "floor (empty BPF)":
+    if name == "piobpf":
+        return Tracer(name, [PY, "-m", "piobpf", "--format", "json"], "stderr")
+    if name == FLOOR:
         return Tracer(name, FLOOR_CMD, "stderr", stdin=subprocess.PIPE)
     if name == "bpftrace":
         return Tracer(name, ["bpftrace", "-e", BPFTRACE_PROGRAM], "stdout")
@@ -125,42 +306,41 @@ def start(name, tmp):
 
 
 def bpf_ns_per_event(tracer):
-    """run_time_ns / run_cnt of the tracer's programs (kernel.bpf_stats_enabled)."""
+    """run_time_ns / run_cnt of a tracer process's programs."""
     progs = tracer.bpf_fds("prog")
     runs = sum(int(p.get("run_cnt", 0)) for p in progs)
     return sum(int(p.get("run_time_ns", 0)) for p in progs) / runs if runs else None
 
 
-def bpf_costs(names, ops, tmp):
-    """ns per event of each BPF tracer, from the kernel's own accounting.
-
-    Measured in runs of their own: kernel.bpf_stats_enabled times every
-    program run, which costs too, so it is off while throughput is measured."""
+def bpftrace_cost(pic, rounds, tmp):
+    """bpftrace's ns per event, measured like bpf_costs' but in one process."""
     stats = Path("/proc/sys/kernel/bpf_stats_enabled")
     was = stats.read_text().strip()
-    costs = {}
-    try:
-        for name in names:
-            with running(name, tmp) as tracer:
-                stats.write_text("1")
-                guest_throughput(ops)
-                costs[name] = bpf_ns_per_event(tracer)
-                stats.write_text(was)
-    finally:
-        stats.write_text(was)
-    return costs
+    with running("bpftrace", tmp) as tracer:
+        try:
+            stats.write_text("1")
+            for _ in range(rounds):
+                pic.run()
+        finally:
+            stats.write_text(was)
+        return bpf_ns_per_event(tracer)
 
 
-def costs_by_mode(ops, tmp, rounds):
-    """ns per event of piobpf's program by port, VM and vCPU, and of the floor:
-    medians of interleaved runs, as they differ by less than single runs scatter."""
-    names = ["floor (empty BPF)"] + [f"piobpf --by {by}" for by in ("port", "vm", "vcpu")]
-    runs = {name: [] for name in names}
-    for rnd in range(rounds):
-        turn = names[rnd % len(names):] + names[:rnd % len(names)]
-        for name, ns in bpf_costs(turn, ops, tmp).items():
-            runs[name].append(ns)
-    return {name: statistics.median(ns) for name, ns in runs.items()}
+def process_figures(pic, starts, window_s, tmp):
+    """The piobpf process's start-up, memory and CPU use beside a running guest."""
+    startup = []
+    for i in range(starts):
+        with running("piobpf", tmp) as tracer:
+            startup.append(tracer.startup_s)
+            if i < starts - 1:
+                continue
+            cpu0, t0 = tracer.cpu_s(), time.monotonic()
+            while time.monotonic() - t0 < window_s:
+                pic.run()
+            cpu = (tracer.cpu_s() - cpu0) / (time.monotonic() - t0)
+            figures = {"peak_rss_mb": tracer.peak_rss_mb(), **map_memory(tracer),
+                       "piobpf_cpu_ms_per_s": 1000 * cpu}
+    return {"startup_s": statistics.median(startup), **figures}
 
 
 def perf_pipeline(tracer, events_hint):
@@ -182,9 +362,31 @@ def perf_pipeline(tracer, events_hint):
             "perf_script_s": t1 - t0, "awk_sort_s": t2 - t1}
 
 
+def between_untraced(tracers, rounds, ops, tmp):
+    """Each traced run against the mean of the untraced runs either side."""
+    ratios = {t: [] for t in tracers}
+    extra = {}
+    untraced = [guest_throughput(ops)]
+    for rnd in range(rounds):
+        # Each round starts with another tracer: no tracer always runs
+        # right after the same one.
+        for name in tracers[rnd % len(tracers):] + tracers[:rnd % len(tracers)]:
+            with running(name, tmp) as tracer:
+                traced = guest_throughput(ops)
+            if name == "perf record" and not ratios[name]:
+                extra.update(perf_pipeline(tracer, ops))
+            after = guest_throughput(ops)
+            ratios[name].append(traced / ((untraced[-1] + after) / 2))
+            untraced.append(after)
+            print(f"round {rnd + 1}/{rounds} {name}: {ratios[name][-1]:.4f}",
+                  file=sys.stderr, flush=True)
+    return {"untraced_events_per_s": statistics.median(untraced),
+            "throughput_ratio": {t: statistics.median(r) for t, r in ratios.items()},
+            "throughput_ratios": ratios, **extra}
+
+
 def full_map_read():
     """One read of a map holding all 131072 (direction, port) keys, seconds (median of 5)."""
-    from piobpf.kernel import PioCounter
     counter = PioCounter()
     try:
         subprocess.run([PY, "-m", "piobpf.guest", "r:0-0xffff", "w:0-0xffff"], env=ENV,
@@ -211,73 +413,119 @@ def map_memory(tracer):
             "bpf_maps_bytes_at_256_cpus": round(memlock + spare)}
 
 
+def sweep(programs, lengths, total_s):
+    """Which run length resolves piobpf - floor fastest: blocks of each length,
+    interleaved, each length given the same wall-clock time."""
+    pics = {s: PicGuest(calibrated_ops(s)) for s in lengths}
+    diffs = {s: [] for s in lengths}
+    spent = dict.fromkeys(lengths, 0.0)
+    # At least 6 blocks each: the fewest that give a 95 % interval.
+    while sum(spent.values()) < total_s or min(map(len, diffs.values())) < 6:
+        s = min(lengths, key=spent.get)
+        t0 = time.monotonic()
+        diffs[s].append(ab_block(programs, pics[s], len(diffs[s])))
+        spent[s] += time.monotonic() - t0
+    rows = {}
+    for s in lengths:
+        d, ci = diffs[s], median_interval(diffs[s])
+        q = statistics.quantiles(d, n=4)
+        rows[s] = {"ops_per_run": pics[s].ops, "blocks": len(d), "wall_s": spent[s],
+                   "median": statistics.median(d), "stdev": statistics.stdev(d),
+                   "iqr": q[2] - q[0], "ci95": list(ci), "ci95_width": ci[1] - ci[0],
+                   "diffs": d}
+    return rows
+
+
+def environment():
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "machine": f"{platform.node()} {platform.release()} {os.cpu_count()} CPUs",
+            "loadavg_start": os.getloadavg()}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-o", "--output", default="bench.json", help="JSON results (bench.json)")
-    ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--ops", type=int, default=1_500_000, help="guest port reads per run")
+    ap.add_argument("--budget", type=float, default=0.01,
+                    help="resolve piobpf - floor to an interval narrower than this (0.01)")
+    ap.add_argument("--min-s", type=float, default=60,
+                    help="paired runs go on at least this long, seconds (60)")
+    ap.add_argument("--max-s", type=float, default=600,
+                    help="cap on the paired runs, seconds (600)")
+    ap.add_argument("--run-s", type=float, default=0.01,
+                    help="CPU seconds a paired run takes; sets its reads (0.01)")
+    ap.add_argument("--rounds", type=int, default=15,
+                    help="rounds of bpftrace and perf between untraced runs, and of ns/event")
+    ap.add_argument("--ops", type=int, default=1_500_000,
+                    help="guest port reads a run between untraced runs")
+    ap.add_argument("--sweep", metavar="S,S,...",
+                    help="only compare paired run lengths (CPU seconds), over --max-s")
     ap.add_argument("--smoke", action="store_true", help="one quick round: checks it works")
     args = ap.parse_args()
     if args.smoke:
-        args.rounds, args.ops = 1, 100_000
-    tracers = ["piobpf", "floor (empty BPF)"]
-    tracers += ["bpftrace"] if shutil.which("bpftrace") else []
-    tracers += ["perf record"]
-    ratios = {t: [] for t in tracers}
-    extra = {"startup_s": []}
+        args.rounds, args.ops, args.min_s, args.max_s = 1, 100_000, 0, 0
+    result = environment()
+    programs = Programs()
+    try:
+        (run_sweep if args.sweep else run_bench)(args, programs, result)
+    finally:
+        programs.close()
+
+
+def run_sweep(args, programs, result):
+    result["sweep"] = sweep(programs, [float(s) for s in args.sweep.split(",")], args.max_s)
+    write(args.output, result)
+    print(tabulate([[s, r["ops_per_run"], r["blocks"], f"{r['stdev']:.4f}", f"{r['iqr']:.4f}",
+                     f"{r['ci95_width']:.4f}"] for s, r in result["sweep"].items()],
+                   ["RUN CPU s", "OPS", "BLOCKS", "STDEV", "IQR", "CI95 WIDTH"],
+                   disable_numparse=True))
+
+
+def run_bench(args, programs, result):
+    result["paired"] = paired(programs, PicGuest(calibrated_ops(args.run_s)),
+                              args.budget, args.min_s, args.max_s)
+    print(describe_paired(result["paired"]), file=sys.stderr, flush=True)
+    pic = PicGuest(calibrated_ops(STATS_RUN_S))
+    result["bpf_ns_per_event"] = bpf_costs(programs, pic, args.rounds)
+    programs.off()
+    tracers = [FLOOR] + (["bpftrace"] if shutil.which("bpftrace") else [])
     tmp = tempfile.mkdtemp(prefix="piobpf-bench-")
     try:
-        base = guest_throughput(args.ops)
-        untraced = [base]
-        for rnd in range(args.rounds):
-            # Each round starts with another tracer: no tracer always runs
-            # right after the same one.
-            for name in tracers[rnd % len(tracers):] + tracers[:rnd % len(tracers)]:
-                with running(name, tmp) as tracer:
-                    traced = guest_throughput(args.ops)
-                    if name == "piobpf":
-                        extra["startup_s"].append(tracer.startup_s)
-                        extra["peak_rss_mb"] = tracer.peak_rss_mb()
-                        extra.update(map_memory(tracer))
-                if name == "perf record" and not ratios[name]:
-                    extra.update(perf_pipeline(tracer, args.ops))
-                after = guest_throughput(args.ops)
-                ratios[name].append(traced / ((untraced[-1] + after) / 2))
-                untraced.append(after)
-                print(f"round {rnd + 1}/{args.rounds} {name}: {ratios[name][-1]:.4f}",
-                      file=sys.stderr, flush=True)
-        extra["bpf_ns_per_event"] = bpf_costs([t for t in tracers if t != "perf record"],
-                                              args.ops, tmp)
-        extra["bpf_ns_per_event_by_mode"] = costs_by_mode(args.ops, tmp, args.rounds)
-        extra.update(full_map_read())
+        if "bpftrace" in tracers:
+            result["bpf_ns_per_event"]["bpftrace"] = {
+                "median": bpftrace_cost(pic, args.rounds, tmp)}
+        result.update(process_figures(pic, min(args.rounds, 5), 1 if args.smoke else 10, tmp))
+        result.update(rounds=args.rounds, ops_per_run=args.ops)
+        result.update(between_untraced(tracers + ["perf record"], args.rounds, args.ops, tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    result.update(full_map_read())
+    result["loadavg_end"] = os.getloadavg()
+    write(args.output, result)
+    report(result)
 
-    result = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "machine": f"{platform.node()} {platform.release()} {os.cpu_count()} CPUs",
-        "rounds": args.rounds, "ops_per_run": args.ops,
-        "untraced_events_per_s": statistics.median(untraced),
-        "throughput_ratio": {t: statistics.median(r) for t, r in ratios.items()},
-        "throughput_ratios": ratios,
-        "bpf_ns_per_event": extra.pop("bpf_ns_per_event"),
-        "startup_s": statistics.median(extra.pop("startup_s")),
-        **extra,
-    }
-    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
-    floor = result["throughput_ratio"]["floor (empty BPF)"]
-    rows = [[t, f"{r:.4f}", f"{r - floor:+.4f}",
-             f"{result['bpf_ns_per_event'].get(t, float('nan')):.1f}"]
-            for t, r in sorted(result["throughput_ratio"].items(), key=lambda x: -x[1])]
-    print(tabulate(rows, ["TRACER", "THROUGHPUT", "VS FLOOR", "BPF ns/EVENT"],
-                   tablefmt="simple", disable_numparse=True))
+
+def write(path, result):
+    Path(path).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"JSON: {path}", file=sys.stderr)
+
+
+def report(r):
+    print(describe_paired(r["paired"]))
     print()
-    print(tabulate([[k, v] for k, v in result.items()
-                    if not isinstance(v, dict) and k not in ("throughput_ratios",)],
+    ns = r["bpf_ns_per_event"]
+    print(tabulate([[name, f"{c['median']:.1f}",
+                     f"{c['min']:.1f}-{c['max']:.1f}" if "min" in c else "-"]
+                    for name, c in ns.items()],
+                   ["BPF PROGRAM", "ns/EVENT", "RANGE"], disable_numparse=True))
+    print()
+    floor = r["throughput_ratio"][FLOOR]
+    print(tabulate([[t, f"{x:.4f}", f"{x - floor:+.4f}"]
+                    for t, x in sorted(r["throughput_ratio"].items(), key=lambda x: -x[1])],
+                   ["TRACER", "THROUGHPUT (untraced = 1)", "VS FLOOR"], disable_numparse=True))
+    print()
+    print(tabulate([[k, v] for k, v in r.items()
+                    if not isinstance(v, (dict, list)) or k.startswith("loadavg")],
                    tablefmt="plain"))
-    print("\nBPF ns/event by mode (medians of interleaved runs): " + ", ".join(
-        f"{name} {ns:.1f}" for name, ns in result["bpf_ns_per_event_by_mode"].items()))
-    print(f"\nJSON: {args.output}", file=sys.stderr)
 
 
 if __name__ == "__main__":

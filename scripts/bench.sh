@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The overhead benchmark: guest throughput under piobpf, the floor (an empty
-# BPF program), bpftrace and perf record, each against adjacent untraced runs.
-# Usage: sudo scripts/bench.sh [-o FILE] [--rounds N] [--ops N] [--smoke]
+# The overhead benchmark: piobpf against the floor (an empty BPF program) in
+# paired runs, to an interval; bpftrace and perf record against adjacent
+# untraced runs; ns/event, start-up and memory.
+# Usage: sudo scripts/bench.sh [-o FILE] [--budget B] [--min-s S] [--max-s S]
+#        [--run-s S] [--rounds N] [--ops N] [--sweep S,S,...] [--smoke]
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$repo/scripts/setup.sh"

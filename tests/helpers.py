@@ -100,8 +100,8 @@ def run_guest(*ops, thread_name=None, irqchip=False):
 class HeldGuest:
     """A guest process that waits to start (its pid known) and stays alive after."""
 
-    def __init__(self, *ops, name=None, thread_name=None):
-        cmd = [PY, "-m", "piobpf.guest", "--wait", "--hold", *ops]
+    def __init__(self, *ops, name=None, thread_name=None, args=()):
+        cmd = [PY, "-m", "piobpf.guest", "--wait", "--hold", *args, *ops]
         if name:
             cmd += ["-name", f"guest={name},debug-threads=on"]
         if thread_name:

@@ -2,9 +2,10 @@
 
 import io
 import json
-import subprocess
 
-from helpers import run_piobpf
+import pytest
+
+from helpers import assert_one_line, run_piobpf
 from piobpf import compare, results
 from piobpf.snapshot import Counts, Snapshot
 from test_perfscript import EXPECTED, FIXTURES
@@ -58,7 +59,6 @@ def test_load_detects_json_lines_and_perf():
 
 
 def test_load_rejects_json_that_is_not_ours():
-    import pytest
     with pytest.raises(ValueError, match="not a piobpf JSON result"):
         results.load(io.StringIO('{"rows": [{"port": 1}]}'))
 
@@ -68,7 +68,7 @@ def test_differing_rows_come_first():
                   ("write", 3): Counts(7, 7)})
     b = Snapshot({("read", 1): Counts(5, 5), ("read", 2): Counts(90, 90),
                   ("read", 4): Counts(1, 1)})
-    rows = compare.compare(a, b)
+    rows = compare.compare(a, b).rows
     assert [(r.direction, r.port, r.diff) for r in rows] == [
         ("read", 2, -10), ("write", 3, -7), ("read", 4, 1), ("read", 1, 0)]
     assert rows[0].diff_pct == -10.0 and rows[2].diff_pct is None
@@ -123,3 +123,123 @@ def test_compare_names_ports_as_the_trace_did(tmp_path):
     out = run_piobpf("--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"))
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[2].split()[:4] == ["read", "0xc040", "virtio-pci", "net0"]
+
+
+def test_from_perf_range_checks_values():
+    text = ("qemu 1 [000] 5.0: kvm:kvm_pio: pio_read at 0x3fd size 1 count 1 val 0x60\n"
+            "qemu 1 [000] 2.0: kvm:kvm_pio: pio_read at 0x3fd size 1 count 1 val 0x60\n"
+            "qemu 1 [000] 2.0: kvm:kvm_pio: pio_read at 0x3fd size 99999 count 99999 val 0x60\n")
+    out = run_piobpf("--from-perf", "-", "--format", "json", stdin=text)
+    assert out.returncode == 0
+    obj = json.loads(out.stdout)
+    assert (obj["duration_s"], obj["total_events"], obj["rows"][0]["bytes"]) == (3.0, 2, 2)
+    assert out.stderr.splitlines() == [
+        "piobpf: -: 1 malformed kvm_pio line(s) not counted; first at line 3: "
+        "qemu 1 [000] 2.0: kvm:kvm_pio: pio_read at 0x3fd size 99999 count 99999 val 0x60"]
+
+
+def row_json(dropped=0, **row):
+    return json.dumps({"dropped_events": dropped, "rows": [
+        {"direction": "read", "port": 1, "events": 1, "bytes": 1, **row}]})
+
+
+NOT_COUNTS = [
+    ('{"dropped_events":1e400,"rows":[]}', "dropped_events inf"),
+    ('{"dropped_events":0,"rows":' + "[" * 100000, "recursion"),
+    (row_json(events=True), "events True"),
+    (row_json(events=-1), "events -1"),
+    (row_json(events=2**64), "events 18446744073709551616"),
+    (row_json(bytes=1.5), "bytes 1.5"),
+    (row_json(port=0x10000), "port 65536 is not an integer 0..0xffff"),
+    (row_json(port="0x3fd"), "port '0x3fd'"),
+    (row_json(dropped=-5), "dropped_events -5"),
+    (row_json(device=["serial"]), "bad device"),
+    ('{"dropped_events":0,"rows":{}}', "rows is not a list"),
+]
+
+
+@pytest.mark.parametrize("text,why", NOT_COUNTS, ids=[why for _, why in NOT_COUNTS])
+def test_load_rejects_values_that_are_not_counts(text, why):
+    with pytest.raises(ValueError, match="not a piobpf JSON result") as e:
+        results.load(io.StringIO(text))
+    assert why in str(e.value)
+
+
+def test_json_lines_error_names_its_own_line():
+    text = as_json({("read", 1): Counts(2, 2)}) + "\n" + '{"rows": [1,]}\n'
+    with pytest.raises(ValueError, match="line 2 column 13"):
+        results.load(io.StringIO(text))
+
+
+@pytest.mark.parametrize("text,why", NOT_COUNTS[:3], ids=[why for _, why in NOT_COUNTS[:3]])
+def test_compare_rejects_them_in_one_line_exit_2(tmp_path, text, why):
+    bad = tmp_path / "bad.json"
+    bad.write_text(text)
+    assert_one_line(run_piobpf("--compare", PERF, str(bad)), 2, str(bad), why)
+
+
+def test_compare_refuses_what_is_not_a_result(tmp_path):
+    files = {"garbage.bin": b"\x8f\x00\x13binary\n", "empty.txt": b"", "array.json": b"[1,2,3]\n",
+             "text.txt": b"#\xff\xfe no NUL\n# but hash lines\n"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    for name, why in [("garbage.bin", "binary data"), ("empty.txt", "not perf script output"),
+                      ("array.json", "not perf script output"),
+                      ("text.txt", "not perf script output")]:
+        path = str(tmp_path / name)
+        assert_one_line(run_piobpf("--compare", PERF, path), 2, f"piobpf: {path}: ", why)
+        assert_one_line(run_piobpf("--compare", path, PERF), 2, f"piobpf: {path}: ", why)
+    assert_one_line(run_piobpf("--compare", str(tmp_path / "garbage.bin"),
+                               str(tmp_path / "empty.txt")), 2, "garbage.bin")
+    assert_one_line(run_piobpf("--compare", "/proc/self/mem", PERF), 2,
+                    "cannot read /proc/self/mem")
+
+
+def test_two_empty_captures_compare_equal_when_they_show_they_are_perf(tmp_path):
+    header = tmp_path / "header.txt"
+    header.write_text("# ========\n# captured on    : Thu Nov 26 00:12:04 2026\n")
+    other = tmp_path / "other.txt"
+    other.write_text("qemu 1 [000] 1.0: kvm:kvm_userspace_exit: reason KVM_EXIT_IO (2)\n")
+    out = run_piobpf("--compare", str(header), str(other))
+    assert out.returncode == 0 and out.stderr == ""
+    assert out.stdout.endswith("no kvm_pio events in either result\n")
+
+
+def test_from_perf_refuses_what_is_not_perf_script_text():
+    # --from-perf keeps its exit status for errors: 1.
+    assert_one_line(run_piobpf("--from-perf", "-", stdin=""), 1,
+                    "piobpf: -: not perf script output", "perf script --header")
+    assert_one_line(run_piobpf("--from-perf", "-", stdin="x\0y"), 1, "piobpf: -: binary data")
+    assert_one_line(run_piobpf("--from-perf", "/proc/self/mem"), 1, "cannot read /proc/self/mem")
+
+
+def test_a_side_that_dropped_events_is_never_equal():
+    counts = {("read", 0x3fd): Counts(1, 1)}
+    c = compare.compare(Snapshot(counts), Snapshot(counts, dropped=5))
+    assert [r.diff for r in c.rows] == [0] and not c.equal
+    assert compare.table(c, "a.txt", "b.json").endswith(
+        "A: a.txt\nB: b.json (5 events dropped: the kernel map was full)\n"
+        "all 1 (direction, port) counts are equal, but B dropped events: not equal\n")
+    obj = json.loads(compare.to_json(c, "a.txt", "b.json"))
+    assert (obj["dropped_a"], obj["dropped_b"], obj["equal"]) == (0, 5, False)
+    both = compare.compare(Snapshot({}, dropped=1), Snapshot({}, dropped=2))
+    assert compare.table(both, "a", "b").splitlines()[-1] == (
+        "no kvm_pio events in either result, but A and B dropped events: not equal")
+    assert compare.compare(Snapshot(counts), Snapshot(counts)).equal
+
+
+def test_compare_with_dropped_events_exits_1_in_every_format(tmp_path):
+    perf = tmp_path / "one.txt"
+    perf.write_text("qemu 1 [000] 1.0: kvm:kvm_pio: pio_read at 0x3fd size 1 count 1 val 0x60\n")
+    dropped = tmp_path / "dropped.json"
+    dropped.write_text('{"dropped_events":5,"rows":[{"direction":"read","port":1021,'
+                       '"events":1,"bytes":1}]}')
+    outs = {fmt: run_piobpf("--compare", str(perf), str(dropped), "--format", fmt)
+            for fmt in ("table", "json", "csv")}
+    for out in outs.values():
+        assert out.returncode == 1
+        assert out.stderr == (f"piobpf: {dropped}: 5 events dropped (the kernel map was full):"
+                              " the results cannot be equal\n")
+    assert outs["table"].stdout.endswith(", but B dropped events: not equal\n")
+    assert json.loads(outs["json"].stdout)["dropped_b"] == 5
+    assert outs["csv"].stdout.splitlines()[1].endswith(",1,1,0")

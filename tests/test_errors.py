@@ -6,11 +6,12 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 
 import pytest
 
-from helpers import (ENV, MIXED, MIXED_EXPECTED, PY, REPO, Traced, assert_one_line, by_key,
-                     needs_tracing, piobpf_cmd, run, run_guest)
+from helpers import (ENV, MIXED, MIXED_EXPECTED, PY, REPO, HeldGuest, Traced, assert_one_line,
+                     by_key, needs_tracing, piobpf_cmd, run, run_guest)
 
 
 @pytest.mark.parametrize("args,word", [
@@ -101,7 +102,8 @@ def test_unreadable_ioports_file(tmp_path):
 
 def test_ioports_file_too_large_is_refused():
     # /dev/zero never ends: read only what an ioports file can hold, then refuse.
-    out = run(piobpf_cmd("--from-perf", "/dev/null", "--ioports", "/dev/zero"))
+    capture = REPO / "tests" / "fixtures" / "perf-default.txt"
+    out = run(piobpf_cmd("--from-perf", str(capture), "--ioports", "/dev/zero"))
     assert_one_line(out, 1, "/dev/zero", "not an ioports file")
 
 
@@ -120,9 +122,12 @@ def full_dir(tmp_path):
 
 @needs_tracing
 def test_full_disk_keeps_the_results(full_dir):
-    t = Traced("--format", "json", "-o", str(full_dir / "out.json"))
-    run_guest(*MIXED)
+    guest = HeldGuest(*MIXED)
+    t = Traced("--format", "json", "-o", str(full_dir / "out.json"), "-p", str(guest.pid))
+    guest.start()
+    guest.wait_done()
     rc, out, err = t.stop()
+    guest.end()
     assert rc == 1
     assert err.splitlines() == [f"piobpf: cannot write {full_dir}/out.json: No space left "
                                 "on device; stopping, results on stdout"]
@@ -143,8 +148,44 @@ def test_full_disk_during_intervals_stops_with_what_was_counted(full_dir):
 
 @needs_tracing
 def test_sighup_writes_what_was_counted(tmp_path):
-    t = Traced("--format", "json", "-o", str(tmp_path / "out.json"))
-    run_guest(*MIXED)
+    guest = HeldGuest(*MIXED)
+    t = Traced("--format", "json", "-o", str(tmp_path / "out.json"), "-p", str(guest.pid))
+    guest.start()
+    guest.wait_done()
     rc, _, err = t.stop(signal.SIGHUP)    # an ssh session closed under it
+    guest.end()
     assert rc == 0, err
     assert by_key(json.loads((tmp_path / "out.json").read_text())["rows"]) == MIXED_EXPECTED
+
+
+@needs_tracing
+def test_interval_shorter_than_a_read_is_said_once():
+    # A full read of the by-port array takes ~0.1 s: -i 0.001 cannot be kept.
+    guest = HeldGuest(*MIXED)
+    t = Traced("--format", "json", "-i", "0.001", "-p", str(guest.pid))
+    guest.start()
+    guest.wait_done()
+    time.sleep(0.5)
+    rc, out, err = t.stop()
+    guest.end()
+    assert rc == 0, err
+    warnings = [l for l in err.splitlines() if "shorter than a read" in l]
+    assert len(warnings) == 1 and warnings[0].startswith("piobpf: -i 0.001 is shorter")
+    total = {}
+    for line in out.splitlines():   # coarser intervals, still exact sums
+        for r in json.loads(line)["rows"]:
+            key = (r["direction"], r["port"])
+            e, b = total.get(key, (0, 0))
+            total[key] = (e + r["events"], b + r["bytes"])
+    assert total == MIXED_EXPECTED
+
+
+@needs_tracing
+def test_mounting_tracefs_is_said():
+    # A private mount namespace without tracefs: piobpf mounts it, and says so.
+    out = run(["unshare", "-m", "sh", "-c",
+               "umount /sys/kernel/tracing; umount -l /sys/kernel/debug 2>/dev/null;"
+               ' exec "$@"', "-", *piobpf_cmd("-d", "0.5", "--format", "json")])
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines()[0] == ("piobpf: mounted tracefs on /sys/kernel/tracing "
+                                          "(it was not mounted); it stays mounted")

@@ -8,10 +8,10 @@ from helpers import REPO
 ORDER = ["__init__", "errors", "snapshot", "kernel",
          "ioports", "mtree", "qemucmd", "names", "monitor", "devices", "naming",   # naming
          "report",                                                                 # rows
-         "formats", "printer", "exporter",                                          # sinks
+         "formats", "printer", "httpserver", "exporter",                            # sinks
          "perfscript", "results", "compare",          # saved results (--from-perf, --compare)
          "session",                                                                # the run
-         "args", "serve", "cli", "__main__",                                       # front ends
+         "args", "serve", "live", "cli", "__main__",                               # front ends
          "guest", "perfrecord"]                       # the test guest, the perf helper
 
 

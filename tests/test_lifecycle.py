@@ -16,7 +16,6 @@ import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 
 from helpers import ENV, PY, HeldGuest, Traced, needs_tracing
 from piobpf import devices

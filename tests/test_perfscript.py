@@ -66,3 +66,55 @@ def test_malformed_kvm_pio_lines_are_counted_with_the_first():
     assert parsed.snapshot.counts == {("read", 0x3fd): Counts(1, 1)}
     assert parsed.malformed == 3
     assert parsed.first_malformed.startswith("2: qemu 1 [000] 1.1:")
+
+
+def pio_line(size, count, time="1.0"):
+    return f"qemu 1 [000] {time}: kvm:kvm_pio: pio_read at 0x60 size {size} count {count} val 0x1\n"
+
+
+def test_sizes_and_counts_the_kernel_cannot_print_are_malformed():
+    good = [pio_line(1, 1), pio_line(2, 2048), pio_line(4, 1024), pio_line(1, 4096),
+            pio_line(4, 0)]
+    bad = [pio_line(3, 1), pio_line(0, 1), pio_line(8, 1), pio_line(1, 4097),
+           pio_line(4, 1025), pio_line(99999999999999999, 99999999999999)]
+    parsed = perfscript.parse(good + bad)
+    assert parsed.snapshot.counts == {("read", 0x60): Counts(5, 1 + 4096 * 3)}
+    assert parsed.malformed == len(bad)
+    assert parsed.first_malformed.startswith(f"{len(good) + 1}: qemu 1 [000] 1.0:")
+
+
+def test_duration_is_the_span_of_timestamps_in_any_order():
+    # perf prints events out of order at times; the duration never goes negative.
+    parsed = perfscript.parse([pio_line(1, 1, "5.0"), pio_line(1, 1, "2.0"),
+                               pio_line(1, 1, "4.0")])
+    assert parsed.duration_s == 3.0
+
+
+def test_a_timestamp_too_long_for_a_u64_clock_is_no_timestamp():
+    parsed = perfscript.parse([pio_line(1, 1, "9" * 400 + ".0"), pio_line(1, 1, "2.5")])
+    assert parsed.snapshot.total_events == 2 and parsed.duration_s == 0.0
+
+
+@pytest.mark.parametrize("lines", [[], ["\n", "  \n"], ["[1,2,3]\n"], ["[" * 100000 + "\n"],
+                                   ["hello: world\n", "kvm_pio\n"],
+                                   ["#!/bin/sh\n", "# a comment\n", "#\n"]],
+                         ids=["empty", "blank", "json-array", "nested", "text", "comments"])
+def test_text_that_is_not_perf_script_output_is_refused(lines):
+    with pytest.raises(ValueError, match="not perf script output"):
+        perfscript.parse(lines)
+
+
+def test_binary_data_is_refused():
+    with pytest.raises(ValueError, match="binary data .a NUL byte on line 2"):
+        perfscript.parse(["# header\n", "PERFILE2\0\0\0h\n"])
+
+
+@pytest.mark.parametrize("line", [
+    "# ========\n",
+    "       CPU 0/KVM  4846 [000]  1108.714138: kvm:kvm_userspace_exit: reason KVM_EXIT_IO (2)\n",
+    "kvm:kvm_userspace_exit: reason KVM_EXIT_IO (2)\n",        # -F event,trace
+    "4846 1108.714138: \n",                                  # -F pid,time
+])
+def test_a_capture_without_events_shows_it_is_perf_script_output(line):
+    parsed = perfscript.parse([line])
+    assert parsed.snapshot.counts == {} and parsed.malformed == 0

@@ -243,3 +243,29 @@ def test_device_label_names_the_vms_own_device(running, prometheus, by):
             if r["metric"]["device"] == "virtio-pci net0"])
         assert result[0]["value"][1] == "700"
         exporter.stop()
+
+
+def test_exit_time_histogram(running, prometheus):
+    # --latency: a histogram per port, in seconds, as Prometheus stores it.
+    guest = HeldGuest("r:0x3fd:1:300", "w:0x3f8:1:100", args=["--delay", "0x3fd:200"])
+    exporter = Exporter(running, "--latency", "-p", str(guest.pid))
+    url = prometheus(exporter.target)
+    guest.start()
+    guest.wait_done()
+
+    def value(query):
+        result = json.loads(get(f"{url}/api/v1/query?query=" + urllib.parse.quote(query)))
+        return {r["metric"].get("port"): float(r["value"][1])
+                for r in result["data"]["result"]}
+    counts = wait_for("the exits' histogram", lambda: value(
+        "piobpf_pio_exit_seconds_count") == {"0x3fd": 300, "0x3f8": 100} and value(
+        "piobpf_pio_exit_seconds_count"))
+    assert counts == {"0x3fd": 300, "0x3f8": 100}
+    assert value('piobpf_pio_exit_seconds_sum{port="0x3fd"}')["0x3fd"] >= 300 * 200e-6
+    # No 0x3fd exit took less than 200 us: the buckets below hold none.
+    below = value('piobpf_pio_exit_seconds_bucket{port="0x3fd",le="0.000131072"}')
+    assert below == {"0x3fd": 0}
+    assert value('histogram_quantile(0.5, piobpf_pio_exit_seconds_bucket{port="0x3fd"})')[
+        "0x3fd"] >= 200e-6
+    exporter.stop()
+    guest.end()

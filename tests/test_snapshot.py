@@ -25,6 +25,12 @@ def test_deltas_add_up_to_the_last_snapshot():
     assert total == snaps[-1].counts and dropped == snaps[-1].dropped
 
 
+def test_a_sum_of_deltas_is_the_last_snapshot():
+    a = Snapshot({(R, 0x3fd): Counts(10, 10)}, dropped=1)
+    b = Snapshot({(R, 0x3fd): Counts(25, 25), (R, 0x60): Counts(3, 48)}, dropped=4)
+    assert Snapshot() + a + (b - a) == b
+
+
 def test_total_events():
     assert Snapshot().total_events == 0
     assert Snapshot({(R, 1): Counts(2, 2), (W, 1): Counts(5, 20)}).total_events == 7
