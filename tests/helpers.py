@@ -143,6 +143,16 @@ class Traced:
         return self.proc.returncode, out, err
 
 
+def around(guest, *args, sig=signal.SIGINT):
+    """piobpf ARGS -p GUEST around a HeldGuest's whole run: (rc, stdout, stderr)."""
+    t = Traced(*args, "-p", str(guest.pid))
+    guest.start()
+    guest.wait_done()
+    rc, out, err = t.stop(sig)
+    guest.end()
+    return rc, out, err
+
+
 def trace_json(ops, *args, **guest_kw):
     """piobpf --format json around one guest run; returns the parsed object."""
     t = Traced("--format", "json", *args)

@@ -6,12 +6,11 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 
 import pytest
 
-from helpers import (ENV, MIXED, MIXED_EXPECTED, PY, REPO, HeldGuest, Traced, assert_one_line,
-                     by_key, needs_tracing, piobpf_cmd, run, run_guest)
+from helpers import (ENV, MIXED, MIXED_EXPECTED, PY, REPO, HeldGuest, Traced, around,
+                     assert_one_line, by_key, needs_tracing, piobpf_cmd, run, run_guest)
 
 
 @pytest.mark.parametrize("args,word", [
@@ -122,12 +121,7 @@ def full_dir(tmp_path):
 
 @needs_tracing
 def test_full_disk_keeps_the_results(full_dir):
-    guest = HeldGuest(*MIXED)
-    t = Traced("--format", "json", "-o", str(full_dir / "out.json"), "-p", str(guest.pid))
-    guest.start()
-    guest.wait_done()
-    rc, out, err = t.stop()
-    guest.end()
+    rc, out, err = around(HeldGuest(*MIXED), "--format", "json", "-o", str(full_dir / "out.json"))
     assert rc == 1
     assert err.splitlines() == [f"piobpf: cannot write {full_dir}/out.json: No space left "
                                 "on device; stopping, results on stdout"]
@@ -148,12 +142,9 @@ def test_full_disk_during_intervals_stops_with_what_was_counted(full_dir):
 
 @needs_tracing
 def test_sighup_writes_what_was_counted(tmp_path):
-    guest = HeldGuest(*MIXED)
-    t = Traced("--format", "json", "-o", str(tmp_path / "out.json"), "-p", str(guest.pid))
-    guest.start()
-    guest.wait_done()
-    rc, _, err = t.stop(signal.SIGHUP)    # an ssh session closed under it
-    guest.end()
+    # An ssh session closed under it.
+    rc, _, err = around(HeldGuest(*MIXED), "--format", "json", "-o", str(tmp_path / "out.json"),
+                        sig=signal.SIGHUP)
     assert rc == 0, err
     assert by_key(json.loads((tmp_path / "out.json").read_text())["rows"]) == MIXED_EXPECTED
 
@@ -161,13 +152,7 @@ def test_sighup_writes_what_was_counted(tmp_path):
 @needs_tracing
 def test_interval_shorter_than_a_read_is_said_once():
     # A full read of the by-port array takes ~0.1 s: -i 0.001 cannot be kept.
-    guest = HeldGuest(*MIXED)
-    t = Traced("--format", "json", "-i", "0.001", "-p", str(guest.pid))
-    guest.start()
-    guest.wait_done()
-    time.sleep(0.5)
-    rc, out, err = t.stop()
-    guest.end()
+    rc, out, err = around(HeldGuest(*MIXED), "--format", "json", "-i", "0.001")
     assert rc == 0, err
     warnings = [l for l in err.splitlines() if "shorter than a read" in l]
     assert len(warnings) == 1 and warnings[0].startswith("piobpf: -i 0.001 is shorter")

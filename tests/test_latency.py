@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from helpers import HeldGuest, Traced, by_key, needs_tracing
+from helpers import HeldGuest, Traced, around, by_key, needs_tracing
 from piobpf import exporter, formats, kernel
 from piobpf.snapshot import Times
 
@@ -18,11 +18,7 @@ DELAY_US = 200
 
 def traced(guest, *args):
     """piobpf --latency --format json -p around the guest's whole run."""
-    t = Traced("--latency", "--format", "json", "-p", str(guest.pid), *args)
-    guest.start()
-    guest.wait_done()
-    rc, out, err = t.stop()
-    guest.end()
+    rc, out, err = around(guest, "--latency", "--format", "json", *args)
     assert rc == 0, err
     return [json.loads(line) for line in out.splitlines()]
 
