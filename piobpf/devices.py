@@ -38,7 +38,6 @@ class Vm:
     def __init__(self, proc, mon):
         self.proc, self.monitor = proc, mon
         self.map = None         # the last map read (kept when a later read fails)
-        self.error = None       # why the last read failed
         self.asked_at = None    # when the last read was queued
         self.writes = 0         # configuration writes counted when it was queued
         self.busy = False       # a read queued or under way
@@ -113,9 +112,8 @@ class VmmMaps:
             vm = self._queue.get()
             try:
                 vm.map = mtree.parse(monitor.ask(vm.monitor, vm.proc.pid, self._timeout))
-                vm.error = None
-            except (monitor.MonitorError, ValueError) as e:
-                vm.error = str(e)
+            except (monitor.MonitorError, ValueError):
+                pass    # the fallback names its ports; the next trigger tries again
             vm.busy = False
 
     def map_of(self, proc):
