@@ -62,6 +62,8 @@ CHECKPOINT_PORT = 0x80      # not emulated in the kernel: its read ends a KVM_RU
 SERIAL_LSR = 0x3fd          # nor is the serial port (QEMU's is in user space)
 CALIBRATE_OPS = 20_000
 STATS_RUN_S = 0.3           # a run of the ns/event figures, CPU seconds
+FOREIGN_MAX = 0.01          # other VMs' share of a run's events, beyond which it is run again
+RETRIES = 3
 BPF_STATS_RUN_TIME = 0      # enum bpf_stats_type
 
 
@@ -325,19 +327,32 @@ def bpf_stats():
 
 def bpf_costs(programs, pic, rounds):
     """ns per event of each program, from the kernel's BPF stats, in runs
-    of their own: the accounting costs too, so it is off in the paired runs."""
+    of their own: the accounting costs too, so it is off in the paired runs.
+    The counts are every process's: a run in which other VMs on this machine
+    made more than FOREIGN_MAX of the events is run again, up to RETRIES
+    times; `foreign` keeps the share of each run kept."""
     runs = {name: [] for name in programs.bpf}
+    retried = dict.fromkeys(programs.bpf, 0)
     names = list(programs.bpf)
     for rnd in range(rounds):
         for name in names[rnd % len(names):] + names[:rnd % len(names)]:
             programs.use(name)
-            ns0, cnt0 = programs.stats(name)
-            with bpf_stats():
-                pic.run()
-            ns1, cnt1 = programs.stats(name)
-            runs[name].append((ns1 - ns0) / (cnt1 - cnt0))
-    return {name: {"median": statistics.median(r), "min": min(r), "max": max(r), "runs": r}
-            for name, r in runs.items()}
+            for retry in range(RETRIES + 1):
+                ns0, cnt0 = programs.stats(name)
+                with bpf_stats():
+                    pic.run()
+                ns1, cnt1 = programs.stats(name)
+                foreign = 1 - pic.events / (cnt1 - cnt0)
+                if foreign <= FOREIGN_MAX:
+                    break
+            retried[name] += retry
+            runs[name].append(((ns1 - ns0) / (cnt1 - cnt0), foreign))
+    costs = {}
+    for name, r in runs.items():
+        ns = [x for x, _ in r]
+        costs[name] = {"median": statistics.median(ns), "min": min(ns), "max": max(ns),
+                       "runs": ns, "foreign": [f for _, f in r], "retried": retried[name]}
+    return costs
 
 
 class Tracer:
@@ -604,7 +619,7 @@ def run_bench(args, programs, result):
         # Of the guest's exits under --latency, the share it timed: about 1
         # when the bench's vCPU is resolved, so that its cost is the real path's.
         latency["timed_share"] = ((programs.timed_exits() - timed)
-                                  / (len(latency["runs"]) * vm.events))
+                                  / ((len(latency["runs"]) + latency["retried"]) * vm.events))
     programs.off()
     with workload(PicGuest, STATS_RUN_S, programs) as pic:
         ns[pic.workload] = bpf_costs(programs, pic, args.rounds)
@@ -637,10 +652,12 @@ def report(r):
         print(describe_paired(p))
     print()
     print(tabulate([[name, kind, f"{c['median']:.1f}",
-                     f"{c['min']:.1f}-{c['max']:.1f}" if "min" in c else "-"]
+                     f"{c['min']:.1f}-{c['max']:.1f}" if "min" in c else "-",
+                     f"{max(c['foreign']):.1%}" if "foreign" in c else "-"]
                     for kind, costs in r["bpf_ns_per_event"].items()
                     for name, c in costs.items()],
-                   ["BPF PROGRAM", "WORKLOAD", "ns/EVENT", "RANGE"], disable_numparse=True))
+                   ["BPF PROGRAM", "WORKLOAD", "ns/EVENT", "RANGE", "OTHER VMs' SHARE (MAX)"],
+                   disable_numparse=True))
     print()
     floor = r["throughput_ratio"][FLOOR]
     print(tabulate([[t, f"{x:.4f}", f"{x - floor:+.4f}"]
