@@ -416,22 +416,21 @@ class PioCounter:
             return
         yield from zip(struct.iter_unpack(kfmt, batch[0]), struct.iter_unpack(vfmt, batch[1]))
 
-    def _entries(self):
+    def _entries(self, slots):
         """(dirport, vm, tid, events, bytes, comm) for every key counted.
 
         By port the counts are an array indexed by dirport; by VM or vCPU an
-        array of slots, each key's slot in the slots hash (`_slot_keys`).
+        array of slots, `slots` giving each slot's key (`_slot_keys`).
         Values are struct pio_counts (`layout`)."""
         no_comm = () if self.by == "vcpu" else (b"",)
         if self.by == "port":
             for (dirport,), value in self._rows(self._counts, self._kfmt, self._vfmt):
                 yield (dirport, 0, 0) + value + no_comm
             return
-        keys = self._slot_keys()
         for (slot,), value in self._rows(self._counts, self._ifmt, self._vfmt,
-                                         max(keys, default=-1) + 1):
-            if slot in keys:
-                yield keys[slot] + value + no_comm
+                                         max(slots, default=-1) + 1):
+            if slot in slots:
+                yield slots[slot] + value + no_comm
 
     def _key(self, dirport, vm, tid):
         """A Snapshot key: (direction, port[, Proc[, tid]])."""
@@ -446,8 +445,9 @@ class PioCounter:
     def read(self):
         """The cumulative counts now: the kernel map's, plus the final counts
         of exited VMs moved out of it and not yet forgotten."""
+        slots = self._slot_keys() if BY_KEYS[self.by] else None    # read once for both maps
         counts = {}
-        for dirport, vm, tid, events, nbytes, comm in self._entries():
+        for dirport, vm, tid, events, nbytes, comm in self._entries(slots):
             if not events:
                 continue    # an array slot no event has touched
             key = self._key(dirport, vm, tid)
@@ -455,22 +455,17 @@ class PioCounter:
             if comm and (key[2], tid) not in self.comms:
                 self.comms[key[2], tid] = comm.split(b"\0", 1)[0].decode(errors="replace")
         self.entries = len(counts)
-        for key, c in self._evicted.items():
-            counts[key] = counts.get(key, Counts()) + c
+        evicted = Snapshot(self._evicted, 0, self._evicted_times)
         if not self.latency:
-            return Snapshot(counts, self._dropped[0].value)
-        times = self._read_times()
-        for key, t in self._evicted_times.items():
-            times[key] = times.get(key, Times()) + t
-        return Snapshot(counts, self._dropped[0].value, times,
+            return Snapshot(counts, self._dropped[0].value) + evicted
+        return Snapshot(counts, self._dropped[0].value, self._read_times(slots),
                         {name: self._dropped[i].value for i, name in enumerate(DROPPED)
-                         if i})
+                         if i}) + evicted
 
-    def _read_times(self):
+    def _read_times(self, slots):
         """Times per key. The time map is keyed as counts is indexed (by VM
-        or vCPU: by slot) and holds only keys with timed exits, a few hundred
-        at most, so a plain walk serves."""
-        slots = self._slot_keys() if BY_KEYS[self.by] else None
+        or vCPU: by slot, `slots` giving each slot's key) and holds only keys
+        with timed exits, a few hundred at most, so a plain walk serves."""
         times = {}
         for k, t in self._times.items():
             if slots is None or k.value in slots:
