@@ -36,8 +36,8 @@ struct pio_counts {
 
 // What could not be counted, reported, not hidden: events whose key could
 // not be counted (map full); with PIOBPF_LATENCY also exit windows too long
-// to be emulation, of vCPUs not looked up yet, and ones the time maps had no
-// room for. The slots' indices (DROPPED_*) come from kernel.py's DROPPED.
+// to be emulation, ones the time maps had no room for, and exits already
+// under way when tracing began. The slots' indices (DROPPED_*) come from kernel.py's DROPPED.
 BPF_ARRAY(dropped, u64, DROPPED_SLOTS);
 #ifdef PIOBPF_FILTER_PIDS
 BPF_HASH(pids, u32, u8, PIOBPF_MAX_PIDS);
@@ -269,23 +269,32 @@ static __always_inline bool pio_slot(u32 *slot, u32 rw, u32 port)
 }
 
 #ifdef PIOBPF_LATENCY
-// How long each port I/O exit keeps its vCPU out of the guest.
+// How long each port I/O exit keeps its vCPU out of the guest, from KVM's
+// own tracepoints only (no syscall tracepoint: that would slow every
+// syscall of every process on the host).
 //
-// Exits to the VMM in user space: from kvm_userspace_exit (KVM_EXIT_IO,
-// errno 0: KVM_RUN returns to the VMM) until the same thread enters the
-// ioctl KVM_RUN again: the VMM's emulation, its locks and its scheduling.
-// The window's port is read then from the vCPU's own kvm_run page, which
-// still describes the exit just served (exit_reason, io.direction, io.port):
-// user space gives the page's address per (process, vCPU fd) in `runs`, and
-// learns of fds it has not resolved yet from `unresolved`.
+// Exits to the VMM in user space: kvm_fpu fires with load=0 as KVM_RUN
+// ends and with load=1 as the next one starts, in the vCPU's thread. At the
+// end the vCPU is still loaded, so the kernel's own kvm_run (vcpu->run, found
+// from the task's preempt notifier) says what the exit is: its reason and,
+// for KVM_EXIT_IO, the direction and port. kvm_userspace_exit, after KVM_RUN
+// has returned, confirms that the exit went to user space (same reason,
+// errno 0); a put and load inside one KVM_RUN (kvm_xstate_reset on INIT) has
+// none, and opens no window. The window is the VMM's emulation, its locks and
+// its scheduling, and it holds for a VM whenever it started.
 // Exits handled in the kernel: from kvm_exit to kvm_entry around a kvm_pio,
 // where those tracepoints fire (hardware VMX/SVM; not under every nested
 // hypervisor).
 #include <uapi/linux/kvm.h>
 #if !defined(PIOBPF_HIST_SLOTS) || !defined(PIOBPF_MAX_WINDOW_NS) \
-    || !defined(PIOBPF_TIME_ENTRIES) || !defined(PIOBPF_MAX_THREADS)
+    || !defined(PIOBPF_TIME_ENTRIES) || !defined(PIOBPF_MAX_THREADS) \
+    || !defined(PIOBPF_TASK_PREEMPT_NOTIFIERS) || !defined(PIOBPF_VCPU_PREEMPT_NOTIFIER) \
+    || !defined(PIOBPF_NOTIFIER_LINK) || !defined(PIOBPF_VCPU_RUN)
 #error "compile through piobpf/kernel.py, which defines the latency parameters"
 #endif
+// PIOBPF_TASK_PREEMPT_NOTIFIERS, PIOBPF_VCPU_*, PIOBPF_NOTIFIER_LINK: byte
+// offsets of task_struct.preempt_notifiers, kvm_vcpu.preempt_notifier,
+// kvm_vcpu.run and preempt_notifier.link, from the running kernel's BTF.
 
 struct pio_time {
     u64 windows;                    // exits timed
@@ -297,41 +306,71 @@ struct pio_time {
 // the key's slot (pio_slot).
 BPF_HASH(times, u32, struct pio_time, PIOBPF_TIME_ENTRIES);
 
+// Where a thread's exit to user space stands.
+enum { WINDOW_NONE, WINDOW_LEAVING, WINDOW_OUT };
+
 // Per vCPU thread: the exit under way. Bounded, and emptied when a thread
 // exits, so a vCPU killed in the middle of an exit leaves nothing behind.
 struct pio_pending {
-    u64 user_ts;            // left KVM_RUN for user space (0: not out)
+    u64 user_ts;            // KVM_RUN ended (kvm_fpu 0) with an exit of `reason`
+    u64 key;                // that exit's key: for KVM_EXIT_IO direction << 16 | port
+    u32 reason;             // its KVM_EXIT_*
+    u32 state;              // WINDOW_*
     u64 exit_ts;            // kvm_exit (0: none seen)
     u32 kernel_slot;        // the port I/O between kvm_exit and kvm_entry
-    u8 has_kernel;
+    u32 has_kernel;
 };
 BPF_HASH(pending, u32, struct pio_pending, PIOBPF_MAX_THREADS);
 
-struct run_key {
-    u32 tgid;
-    u32 fd;         // the vCPU's fd, as the VMM passes it to ioctl(KVM_RUN)
-};
-BPF_HASH(runs, struct run_key, u64, PIOBPF_MAX_THREADS);    // -> kvm_run's user address
-BPF_HASH(unresolved, struct run_key, u8, PIOBPF_MAX_THREADS);
+static __always_inline bool traced_process(u64 id)
+{
+#ifdef PIOBPF_FILTER_PIDS
+    u32 tgid = id >> 32;
+    return pids.lookup(&tgid) != 0;
+#else
+    return true;
+#endif
+}
 
 // The thread's entry, made on its first exit (a thread of a traced VMM only).
 static __always_inline struct pio_pending *pending_of(u64 id)
 {
     u32 tid = id;
     struct pio_pending *p = pending.lookup(&tid);
-    if (p)
+    if (p || !traced_process(id))
         return p;
-#ifdef PIOBPF_FILTER_PIDS
-    u32 tgid = id >> 32;
-    if (!pids.lookup(&tgid))
-        return 0;
-#endif
     struct pio_pending zero = {};
     pending.insert(&tid, &zero);
     p = pending.lookup(&tid);
     if (!p)                 // more vCPU threads than the map holds
         count_dropped(DROPPED_NO_ROOM);
     return p;
+}
+
+// The head of the kernel's kvm_run of the vCPU this thread has loaded: its
+// exit reason and the exit's details (the io and mmio members of the union).
+struct run_head {
+    u32 exit_reason;
+    __typeof__(((struct kvm_run *)0)->io) io;
+};
+
+static __always_inline int loaded_run(struct run_head *head)
+{
+    // vcpu_load put &vcpu->preempt_notifier on current->preempt_notifiers
+    // (KVM is the only user of preempt notifiers on x86).
+    u64 link = 0, run = 0;
+    u64 task = bpf_get_current_task();
+    if (bpf_probe_read_kernel(&link, sizeof(link), (void *)(task + PIOBPF_TASK_PREEMPT_NOTIFIERS))
+        || !link)
+        return -1;
+    u64 vcpu = link - PIOBPF_NOTIFIER_LINK - PIOBPF_VCPU_PREEMPT_NOTIFIER;
+    if (bpf_probe_read_kernel(&run, sizeof(run), (void *)(vcpu + PIOBPF_VCPU_RUN)) || !run)
+        return -1;
+    if (bpf_probe_read_kernel(&head->exit_reason, sizeof(head->exit_reason),
+                              (void *)(run + offsetof(struct kvm_run, exit_reason))))
+        return -1;
+    return bpf_probe_read_kernel(&head->io, sizeof(head->io),
+                                 (void *)(run + offsetof(struct kvm_run, io)));
 }
 
 static __always_inline void time_window(u32 slot, u64 ns)
@@ -379,52 +418,68 @@ static __always_inline void time_pio(u32 slot, u64 id)
     }
 }
 
-RAW_TRACEPOINT_PROBE(kvm_userspace_exit)
+// KVM_RUN ends: note the exit it returns, if it is one a window times.
+static __always_inline void run_ends(u64 id)
+{
+    struct pio_pending *p = pending_of(id);
+    if (!p)
+        return;
+    struct run_head head = {};
+    if (loaded_run(&head) || head.exit_reason != KVM_EXIT_IO) {
+        p->state = WINDOW_NONE;
+        return;
+    }
+    p->reason = head.exit_reason;
+    p->key = (head.io.direction == KVM_EXIT_IO_OUT ? 0x10000 : 0) | head.io.port;
+    p->user_ts = bpf_ktime_get_ns();
+    p->state = WINDOW_LEAVING;
+}
+
+// KVM_RUN starts: the window of the exit to user space before, if any, closes.
+static __always_inline void run_starts(u64 id)
+{
+    u32 tid = id;
+    struct pio_pending *p = pending.lookup(&tid);
+    if (!p) {
+        // The thread's first KVM_RUN since attach. If its kvm_run holds a
+        // port exit, that exit was under way when tracing began: untimed,
+        // and said so. (A thread's entry, made here, makes this once.)
+        if (!traced_process(id))
+            return;
+        struct run_head head = {};
+        if (!loaded_run(&head) && head.exit_reason == KVM_EXIT_IO)
+            count_dropped(DROPPED_OPEN_AT_START);
+        pending_of(id);
+        return;
+    }
+    if (p->state == WINDOW_OUT) {
+        u64 ns = bpf_ktime_get_ns() - p->user_ts;
+        u32 slot;
+        if (pio_slot(&slot, p->key >> 16, p->key & 0xffff))
+            time_window(slot, ns);
+    }
+    p->state = WINDOW_NONE;
+}
+
+RAW_TRACEPOINT_PROBE(kvm_fpu)
 {
     u64 id = bpf_get_current_pid_tgid();
-    // Restarts (errno -EINTR) and other exits are no port's cost.
-    if ((u32)ctx->args[0] != KVM_EXIT_IO || (int)ctx->args[1] != 0)
-        return 0;
-    struct pio_pending *p = pending_of(id);
-    if (p) {
-        p->user_ts = bpf_ktime_get_ns();
-        p->exit_ts = 0;     // this window is timed from user space's side
-    }
+    if (ctx->args[0])
+        run_starts(id);
+    else
+        run_ends(id);
     return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_ioctl)
+RAW_TRACEPOINT_PROBE(kvm_userspace_exit)
 {
-    if (args->cmd != KVM_RUN)
-        return 0;
-    u64 id = bpf_get_current_pid_tgid();
-    u32 tid = id;
+    u32 tid = bpf_get_current_pid_tgid();
     struct pio_pending *p = pending.lookup(&tid);
-    if (!p || !p->user_ts)
+    if (!p || p->state != WINDOW_LEAVING)
         return 0;
-    u64 ns = bpf_ktime_get_ns() - p->user_ts;
-    p->user_ts = 0;
-    struct run_key rk = {.tgid = id >> 32, .fd = args->fd};
-    u64 *run = runs.lookup(&rk);
-    if (!run) {             // a vCPU user space has not looked up yet
-        u8 one = 1;
-        unresolved.update(&rk, &one);
-        count_dropped(DROPPED_UNRESOLVED);
-        return 0;
-    }
-    // Two fields of kvm_run (the whole is too big for the BPF stack).
-    u32 reason = 0;
-    __typeof__(((struct kvm_run *)0)->io) io = {};
-    if (bpf_probe_read_user(&reason, sizeof(reason),
-                            (void *)(*run + offsetof(struct kvm_run, exit_reason)))
-        || bpf_probe_read_user(&io, sizeof(io), (void *)(*run + offsetof(struct kvm_run, io)))
-        || reason != KVM_EXIT_IO) {
-        count_dropped(DROPPED_UNRESOLVED);
-        return 0;
-    }
-    u32 slot;
-    if (pio_slot(&slot, io.direction == KVM_EXIT_IO_OUT, io.port))
-        time_window(slot, ns);
+    // The exit noted as KVM_RUN ended did go to user space.
+    bool out = (u32)ctx->args[0] == p->reason && (int)ctx->args[1] == 0;
+    p->state = out ? WINDOW_OUT : WINDOW_NONE;
     return 0;
 }
 

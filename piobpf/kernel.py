@@ -28,15 +28,14 @@ ATTACH_MODES = ("auto", "raw", "classic")
 MAX_PIDS = 1024                     # processes -p can name: the pids map's size
 # What the kernel could not count, slot by slot of the `dropped` array:
 # events whose key found no room; with --latency, exit windows longer than
-# MAX_WINDOW_NS (a stopped VM, not emulation), windows of a vCPU whose
-# kvm_run page was not looked up yet (see resolve_runs), and windows or
-# threads the time maps had no room for.
-DROPPED = ("events", "too_long", "unresolved", "no_room")
+# MAX_WINDOW_NS (a stopped VM, not emulation), windows or threads the time
+# maps had no room for, and exits already under way when tracing began.
+DROPPED = ("events", "too_long", "no_room", "open_at_start")
 # --latency: the time maps and the window's limits.
 HIST_SLOTS = 35                     # log2 buckets of ns, up to 2^34 ns (17 s)
 MAX_WINDOW_NS = 10 * 10**9
 TIME_ENTRIES = 16384                # keys with timed exits
-MAX_THREADS = 16384                 # vCPU threads (and their fds) timed at once
+MAX_THREADS = 16384                 # vCPU threads timed at once
 MAX_VMS = 16384     # VMM processes counted at once by VM or vCPU (at most --map-size)
 RECENT = 64         # keys whose counts' slot each CPU remembers, by VM or vCPU
 # What each --by adds to the key, as the BPF C's -D switches.
@@ -50,7 +49,8 @@ LEAF_FIELDS = {"port": ("events", "bytes"), "vm": ("events", "bytes"),
                "vcpu": ("events", "bytes", "comm")}
 TIME_FIELDS = ("windows", "time_ns", "max_ns", "hist")
 # The latency programs' raw tracepoints (BCC attaches them at load).
-LATENCY_RAW_TRACEPOINTS = ("kvm_userspace_exit", "kvm_exit", "kvm_entry", "sched_process_exit")
+LATENCY_RAW_TRACEPOINTS = ("kvm_fpu", "kvm_userspace_exit", "kvm_exit", "kvm_entry",
+                           "sched_process_exit")
 INDEX = ("value",)                  # an array's key, a slot, a VM id
 VM_FIELDS = ("tgid", "exited", "start")
 # Fields of the running kernel's own structs that the program reads by VM
@@ -61,6 +61,13 @@ KERNEL_FIELDS = {"PIOBPF_TASK_GROUP_LEADER": ("task_struct", "group_leader"),
                  "PIOBPF_TASK_START_BOOTTIME": ("task_struct", "start_boottime"),
                  "PIOBPF_TASK_SIGNAL": ("task_struct", "signal"),
                  "PIOBPF_SIGNAL_LIVE": ("signal_struct", "live")}
+# The fields --latency reads to find, from the current task, the kvm_run of
+# the vCPU it has loaded: the task's preempt notifiers, which vcpu_load put
+# the vCPU's own on (CONFIG_PREEMPT_NOTIFIERS, which KVM selects).
+LATENCY_FIELDS = {"PIOBPF_TASK_PREEMPT_NOTIFIERS": ("task_struct", "preempt_notifiers"),
+                  "PIOBPF_VCPU_PREEMPT_NOTIFIER": ("kvm_vcpu", "preempt_notifier"),
+                  "PIOBPF_NOTIFIER_LINK": ("preempt_notifier", "link"),
+                  "PIOBPF_VCPU_RUN": ("kvm_vcpu", "run")}
 TICK_NS = 10**9 // os.sysconf("SC_CLK_TCK")    # the unit of /proc/PID/stat's start time
 
 
@@ -157,38 +164,6 @@ def import_bcc():
     return bcc
 
 
-VCPU_FD = "anon_inode:kvm-vcpu:"
-
-
-def vcpu_runs(pid, proc="/proc"):
-    """{fd: user address of its kvm_run} for a process's vCPU fds. An fd's
-    link names its vCPU (anon_inode:kvm-vcpu:N) and so does the VMM's mapping
-    of it in /proc/PID/maps, which starts with the kvm_run page. Nothing for
-    a process that holds two VMs, whose vCPU names clash."""
-    try:
-        fds, vms = {}, 0
-        with os.scandir(f"{proc}/{pid}/fd") as entries:
-            for entry in entries:
-                try:
-                    link = os.readlink(entry.path)
-                except OSError:
-                    continue
-                vms += link == "anon_inode:kvm-vm"
-                if link.startswith(VCPU_FD):
-                    fds[int(entry.name)] = link
-        if not fds or vms > 1:
-            return {}
-        starts = {}
-        with open(f"{proc}/{pid}/maps") as f:
-            for line in f:
-                if VCPU_FD in line:
-                    fields = line.split()
-                    starts[fields[-1]] = int(fields[0].split("-")[0], 16)
-    except OSError:     # the process is gone
-        return {}
-    return {fd: starts[name] for fd, name in fds.items() if name in starts}
-
-
 def layout(ctype, names):
     """The struct module's format of a map's key or value type, as BCC built
     it from the C; TraceError when its fields are not `names`, so a change to
@@ -216,13 +191,14 @@ class BtfMember(ctypes.Structure):
 BTF_KIND_STRUCT, BTF_KIND_UNION = 4, 5
 
 
-def kernel_offsets(fields=KERNEL_FIELDS):
+def kernel_offsets(fields=KERNEL_FIELDS, option="--by vm|vcpu"):
     """{flag: byte offset} of each (struct, field) in the running kernel, read
-    from its BTF with libbpf (which BCC itself links)."""
+    from its BTF with libbpf (which BCC itself links); a TraceError naming
+    `option`, which reads them, when one is missing."""
     try:
         libbpf = ctypes.CDLL("libbpf.so.1", use_errno=True)
     except OSError:
-        raise TraceError("--by vm|vcpu needs libbpf.so.1 (apt-get install libbpf1)") from None
+        raise TraceError(f"{option} needs libbpf.so.1 (apt-get install libbpf1)") from None
     libbpf.btf__load_vmlinux_btf.restype = ctypes.c_void_p
     libbpf.btf__find_by_name_kind.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32]
     libbpf.btf__type_by_id.restype = ctypes.POINTER(BtfType)
@@ -232,9 +208,8 @@ def kernel_offsets(fields=KERNEL_FIELDS):
     libbpf.btf__free.argtypes = [ctypes.c_void_p]
     btf = libbpf.btf__load_vmlinux_btf()
     if not btf:
-        raise TraceError("--by vm|vcpu needs the kernel's BTF (/sys/kernel/btf/vmlinux, "
-                         "CONFIG_DEBUG_INFO_BTF), to tell a process from a later one with "
-                         "its pid")
+        raise TraceError(f"{option} needs the kernel's BTF (/sys/kernel/btf/vmlinux, "
+                         "CONFIG_DEBUG_INFO_BTF), to read the kernel's own structures")
 
     def members(type_id, base=0):
         """(name, byte offset) of a struct's fields, those of anonymous members inlined."""
@@ -260,7 +235,7 @@ def kernel_offsets(fields=KERNEL_FIELDS):
                 layouts[struct_name] = dict(members(type_id)) if type_id > 0 else {}
             if field not in layouts[struct_name]:
                 raise TraceError(f"the kernel's BTF has no {struct_name}.{field}, which "
-                                 "--by vm|vcpu reads: this kernel is not supported")
+                                 f"{option} reads: not supported on this kernel")
             found[flag] = layouts[struct_name][field]
         return found
     finally:
@@ -323,6 +298,8 @@ class PioCounter:
                        f"-DPIOBPF_MAX_WINDOW_NS={MAX_WINDOW_NS}ULL",
                        f"-DPIOBPF_TIME_ENTRIES={TIME_ENTRIES}",
                        f"-DPIOBPF_MAX_THREADS={MAX_THREADS}"]
+            cflags += [f"-D{flag}={offset}"
+                       for flag, offset in kernel_offsets(LATENCY_FIELDS, "--latency").items()]
         self.latency = latency
         if self.attach == "classic":
             cflags.append("-DPIOBPF_CLASSIC")
@@ -336,9 +313,7 @@ class PioCounter:
         self._vfmt = layout(self._counts.Leaf, LEAF_FIELDS[by])
         if latency:
             self._times, self._pending = self._bpf["times"], self._bpf["pending"]
-            self._runs, self._unresolved = self._bpf["runs"], self._bpf["unresolved"]
             layout(self._times.Leaf, TIME_FIELDS)
-            self.resolve_runs(pids or [int(d) for d in os.listdir("/proc") if d.isdigit()])
         self._batch = True
         self._buffers = {}      # map fd -> batch read buffers, allocated once
         self.comms = {}     # (Proc, tid) -> thread name the kernel saw (by vcpu)
@@ -473,21 +448,10 @@ class PioCounter:
                 times[self._key(*ids)] = Times(t.windows, t.time_ns, t.max_ns, tuple(t.hist))
         return times
 
-    def resolve_runs(self, pids=()):
-        """Tell the program where each vCPU's kvm_run page is: for the
-        (process, fd) pairs it asked about, and for every vCPU of `pids`."""
-        if not self.latency:
-            return
-        wanted = set(pids) | {k.tgid for k in self._unresolved.keys()}
-        # An fd asked about while this runs is asked about again at its next exit.
-        self._unresolved.clear()
-        for pid in wanted:
-            for fd, address in vcpu_runs(pid).items():
-                self._runs[self._runs.Key(pid, fd)] = ctypes.c_uint64(address)
-
     def open_windows(self):
-        """Exits under way now (after detach: never to be timed)."""
-        return sum(1 for p in self._pending.values() if p.user_ts)
+        """Exits to user space under way now (after detach: never to be
+        timed): a thread's state is WINDOW_NONE, 0, when it has none."""
+        return sum(1 for p in self._pending.values() if p.state)
 
     def read_keys(self, keys):
         """The cumulative counts of a few (direction, port) keys, by port only:
@@ -579,7 +543,6 @@ class PioCounter:
         if self.latency:
             for tp in LATENCY_RAW_TRACEPOINTS:
                 self._bpf.detach_raw_tracepoint(tp=tp.encode())
-            self._bpf.detach_tracepoint(tp=b"syscalls:sys_enter_ioctl")
 
     def close(self):
         self._bpf.cleanup()

@@ -137,7 +137,6 @@ class Session:
         """The look of each second: new VMMs and vCPUs, and what names need
         to read, unless `snap` was read at this very tick. Returns the
         snapshot when there is one of all of the map."""
-        self.counter.resolve_runs()
         self._left(self.naming.tick())
         if snap:
             return snap
@@ -167,7 +166,7 @@ class Session:
         never = float("inf")
         deadline = start + args.duration if args.duration else never
         report_at = start + args.interval if args.interval else never
-        second_at = start + SECOND if progress or self.naming.ticks or args.latency else never
+        second_at = start + SECOND if progress or self.naming.ticks else never
         last, slow = Snapshot(), False
         wait = wait or self.stopper.wait
         while not self.stopper.stopped:

@@ -4,7 +4,14 @@ Run through scripts/bench.sh (root). A guest does in-kernel port reads (PIC
 port 0x21 with the in-kernel irqchip: the fastest exit path, where a tracer's
 cost shows most). piobpf --latency is measured there too, and on a guest
 whose every read (serial port 0x3fd) exits to this process, its VMM: there
---latency's programs on the exit and on ioctl(KVM_RUN) time each exit.
+--latency's programs on kvm_fpu and kvm_userspace_exit time each exit.
+--before REV measures the --latency of that git revision beside this one's,
+in the same process and the same blocks.
+
+What a tracer costs processes that are not VMs: a getppid loop pinned to
+another CPU, timed by its own CPU clock, untraced and under each program in
+interleaved rounds (a syscall tracepoint sends every syscall on the host
+through the kernel's slow path; a KVM tracepoint should cost them nothing).
 
 piobpf against the floor (an empty BPF program on the same raw tracepoint:
 no BPF tracer of this event can cost less) is the comparison that matters,
@@ -51,6 +58,7 @@ from piobpf.kernel import PioCounter  # noqa: E402
 PY = "/usr/bin/python3"
 ENV = dict(os.environ, PYTHONPATH=str(REPO))
 FLOOR = "floor (empty BPF)"
+UNTRACED = "untraced"
 LATENCY = "piobpf --latency"
 FLOOR_PROGRAM = "RAW_TRACEPOINT_PROBE(kvm_pio) { return 0; }"
 PROBE = b"raw_tracepoint__kvm_pio"     # what RAW_TRACEPOINT_PROBE(kvm_pio) names its function
@@ -110,7 +118,7 @@ class PicGuest:
         return took
 
     def close(self):
-        """End the VM: resolve_runs names no vCPU in a process holding two."""
+        """End the VM (one at a time in this process)."""
         self._vcpu.run.close()
         for fd in (self._vcpu.fd, self._vm.vm, self._vm.kvm):
             os.close(fd)
@@ -154,8 +162,8 @@ def calibrated_ops(cls, run_s):
 
 @contextlib.contextmanager
 def workload(cls, run_s, programs):
-    """A calibrated `cls` guest, the only VM in this process while it lasts,
-    its vCPU resolved for --latency's programs."""
+    """A calibrated `cls` guest, the only VM in this process while it lasts
+    (its vCPU resolved for a --before revision that needs it)."""
     vm = cls(calibrated_ops(cls, run_s))
     programs.resolve()
     try:
@@ -175,13 +183,16 @@ class Programs:
     never goes without a program (no static-key flips between runs).
     --latency's programs on its other tracepoints come and go with its own."""
 
-    def __init__(self):
+    def __init__(self, before=None):
         # piobpf's programs as piobpf itself builds and loads them, by port,
-        # by VM and with --latency; their BPF objects, since attaching is the
-        # bench's to do here.
+        # by VM and with --latency (and that of a --before revision); their
+        # BPF objects, since attaching is the bench's to do here.
         self._counters = {"piobpf": PioCounter(attach="raw"),
                           "piobpf --by vm": PioCounter(attach="raw", by="vm"),
                           LATENCY: PioCounter(attach="raw", latency=True)}
+        self.before = f"{LATENCY} @{before[0]}" if before else None
+        if before:
+            self._counters[self.before] = before[1].PioCounter(attach="raw", latency=True)
         self.bpf = {name: c._bpf for name, c in self._counters.items()}
         from bcc import BPF
         self.bpf[FLOOR] = BPF(text=FLOOR_PROGRAM)
@@ -221,9 +232,12 @@ class Programs:
             self.on = None
 
     def resolve(self):
-        """Tell --latency's program where this process's vCPU has its kvm_run
-        page (else its exits take the cheaper "unresolved" path)."""
-        self._counters[LATENCY].resolve_runs([os.getpid()])
+        """A --before revision that found kvm_run pages in /proc/PID/maps
+        (until 2026-12) is told where this process's vCPU has it, else its
+        exits would take its cheaper "unresolved" path."""
+        old = self._counters.get(self.before)
+        if hasattr(old, "resolve_runs"):
+            old.resolve_runs([os.getpid()])
 
     def timed_exits(self):
         """The serial port's exits --latency's program has timed so far."""
@@ -243,6 +257,51 @@ class Programs:
         for counter in self._counters.values():
             counter.close()
         self.bpf[FLOOR].cleanup()
+
+
+def load_revision(rev, tmp):
+    """(short hash, kernel module) of piobpf at git revision `rev`, from a
+    copy of its tree in `tmp`, imported beside this one as piobpf_<hash>."""
+    short = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", rev], check=True,
+                           capture_output=True, text=True).stdout.strip()
+    name = f"piobpf_{short}"
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", short, "piobpf", "bpf"],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+    os.rename(os.path.join(tmp, "piobpf"), os.path.join(tmp, name))
+    sys.path.insert(0, tmp)
+    import importlib
+    return short, importlib.import_module(f"{name}.kernel")
+
+
+SYSCALL_LOOP = ("import os, sys, time\n"
+                "os.sched_setaffinity(0, {int(sys.argv[1])})\n"
+                "n = int(sys.argv[2]); t0 = time.thread_time()\n"
+                "for _ in range(n): os.getppid()\n"
+                "print((time.thread_time() - t0) / n * 1e9)")
+
+
+def syscall_costs(programs, rounds, calls):
+    """ns a getppid call takes another process, pinned to a CPU other than
+    this one's: untraced, and under each piobpf mode (all its programs
+    attached), in rounds that rotate the order; medians."""
+    cpus = sorted(os.sched_getaffinity(0))
+    other = str(cpus[-1])
+    names = [UNTRACED] + [n for n in programs.bpf if n != FLOOR]
+    runs = {name: [] for name in names}
+    for rnd in range(rounds):
+        for name in names[rnd % len(names):] + names[:rnd % len(names)]:
+            if name == UNTRACED:
+                programs.off()
+            else:
+                programs.use(name)
+            out = subprocess.run([PY, "-c", SYSCALL_LOOP, other, str(calls)], check=True,
+                                 capture_output=True, text=True).stdout
+            runs[name].append(float(out))
+    programs.off()
+    base = statistics.median(runs[UNTRACED])
+    return {name: {"median_ns": statistics.median(r), "ratio": statistics.median(r) / base,
+                   "runs": r} for name, r in runs.items()}
 
 
 def median_interval(xs, confidence=0.95):
@@ -586,16 +645,24 @@ def main():
                     help="guest port reads a run between untraced runs")
     ap.add_argument("--sweep", metavar="S,S,...",
                     help="only compare paired run lengths (CPU seconds), over --max-s")
+    ap.add_argument("--syscalls", type=int, default=2_000_000,
+                    help="getppid calls of another process a run, under each mode")
+    ap.add_argument("--before", metavar="REV",
+                    help="also measure --latency of this git revision, e.g. an older design")
     ap.add_argument("--smoke", action="store_true", help="one quick round: checks it works")
     args = ap.parse_args()
     if args.smoke:
-        args.rounds, args.ops, args.min_s, args.max_s = 1, 100_000, 0, 0
+        args.rounds, args.ops, args.min_s, args.max_s, args.syscalls = 1, 100_000, 0, 0, 100_000
     result = environment()
-    programs = Programs()
+    tmp = tempfile.mkdtemp(prefix="piobpf-before-")
     try:
-        (run_sweep if args.sweep else run_bench)(args, programs, result)
+        programs = Programs(load_revision(args.before, tmp) if args.before else None)
+        try:
+            (run_sweep if args.sweep else run_bench)(args, programs, result)
+        finally:
+            programs.close()
     finally:
-        programs.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run_sweep(args, programs, result):
@@ -609,7 +676,8 @@ def run_sweep(args, programs, result):
 
 def run_bench(args, programs, result):
     result["paired"] = []
-    for name, cls in PAIRED:
+    before = [(programs.before, SerialGuest)] if programs.before else []
+    for name, cls in PAIRED + tuple(before):
         with workload(cls, args.run_s, programs) as vm:
             result["paired"].append(paired(programs, vm, name, args.budget, args.min_s,
                                            args.max_s))
@@ -624,6 +692,7 @@ def run_bench(args, programs, result):
         latency["timed_share"] = ((programs.timed_exits() - timed)
                                   / ((len(latency["runs"]) + latency["retried"]) * vm.events))
     programs.off()
+    result["syscall_ns"] = syscall_costs(programs, args.rounds, args.syscalls)
     with workload(PicGuest, STATS_RUN_S, programs) as pic:
         ns[pic.workload] = bpf_costs(programs, pic, args.rounds)
         programs.off()
@@ -660,6 +729,11 @@ def report(r):
                     for kind, costs in r["bpf_ns_per_event"].items()
                     for name, c in costs.items()],
                    ["BPF PROGRAM", "WORKLOAD", "ns/EVENT", "RANGE", "CLEAN RUNS"],
+                   disable_numparse=True))
+    print()
+    print(tabulate([[name, f"{c['median_ns']:.1f}", f"{c['ratio']:.3f}"]
+                    for name, c in r["syscall_ns"].items()],
+                   ["WHILE ATTACHED", "getppid ns (another process)", "VS UNTRACED"],
                    disable_numparse=True))
     print()
     floor = r["throughput_ratio"][FLOOR]

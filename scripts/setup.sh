@@ -16,7 +16,7 @@ export DEBIAN_FRONTEND=noninteractive
 # BCC's Python bindings come from the distribution (python3-bpfcc, for
 # /usr/bin/python3). The PyPI package named "bcc" is unrelated: never pip it.
 # tmux: tests/test_live.py drives --live through a real terminal.
-pkgs=(python3-bpfcc python3-tabulate python3-pytest python3-venv
+pkgs=(python3-bpfcc python3-tabulate python3-pytest python3-venv bpftool
       python3-prometheus-client prometheus linux-perf bpftrace tmux
       # QEMU (SeaBIOS comes as a dependency) for the tests' real VMs, and
       # libvirt (daemon, its QEMU driver, virsh) for their libvirt-managed VM.
