@@ -79,7 +79,8 @@ class Session:
         self.counter = PioCounter(attach=args.attach, max_entries=args.map_size, by=args.by,
                                   pids=args.pid or (), latency=args.latency)
         try:
-            self.naming = naming.from_args(args, self.counter.comms, known)
+            self.naming = naming.from_args(args, self.counter.comms, known,
+                                           self.counter.cmdlines)
         except BaseException:
             self.counter.close()
             raise

@@ -262,3 +262,40 @@ def test_device_maps_are_per_process(tmp_path):
     shutil.rmtree(procfs / "10")
     assert maps.scan() == [new]     # gone from /proc
     assert Proc(10, 300) in maps.vms     # kept until forgotten, to name its counted ports
+
+
+
+def brief(i, prefix):
+    """Guest i, run to its end and gone at once after its port I/O (no
+    clean-up): it exits while piobpf may still be answering the kernel's
+    ring. (pid, name, expected)."""
+    ops, expected = guest_ops(i)
+    name = f"{prefix}-{i}"
+    proc = subprocess.Popen([PY, "-m", "piobpf.guest", "-name", f"guest={name}", "--abrupt",
+                             *ops],
+                            env=ENV, text=True, stdout=subprocess.PIPE)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0 and out.startswith("done"), out
+    return proc.pid, name, expected
+
+
+def brief_lives(count, prefix, gap=0.0):
+    """`count` brief guests one after another, `gap` seconds apart."""
+    lives = []
+    for i in range(count):
+        lives.append(brief(i, prefix))
+        time.sleep(gap)
+    return lives
+
+
+@needs_tracing
+def test_short_lived_vms_are_named_by_their_name():
+    t = Traced("-d", "600", "--format", "json", "--by", "vm")
+    with ThreadPoolExecutor(WORKERS) as pool:     # as many at once as the churn
+        lives = list(pool.map(lambda i: brief(i, "short"), range(200)))
+    rc, out, err = t.stop()
+    assert rc == 0, err
+    found = groups(json.loads(out)["rows"])
+    mine = {pid for pid, _, _ in lives}
+    assert {key: counts for key, counts in found.items() if key[0] in mine} == {
+        (pid, name): expected for pid, name, expected in lives}
