@@ -537,18 +537,26 @@ class PioCounter:
         return {slot: key for key, (slot,) in self._rows(self._slots, self._kfmt, self._sfmt)}
 
     def _vm_table(self):
-        """{VM id: exited} of the kernel's VM table; learns each one's process."""
+        """{VM id: exited} of the kernel's VM table; learns each one's process
+        and, from the ring, what names it (cmdlines)."""
         table = {}
         for (vm,), (tgid, exited, start) in self._rows(self._vms, self._sfmt, self._mfmt):
             if vm not in self._procs:
                 self._procs[vm] = Proc(tgid, start // TICK_NS)
             table[vm] = exited
+        # After the table: a VM's arrival is rung a moment after it enters it.
+        self._bpf.ring_buffer_consume()
         return table
+
+    @property
+    def vms(self):
+        """The processes of the VMs in the kernel's table: running, or
+        exited and not moved out yet."""
+        return set(self._procs.values()) if BY_KEYS[self.by] else set()
 
     def sync(self):
         """After a doorbell: (VMs new since the last sync, VMs that exited),
         as Procs; the exited ones' counts are moved out of the kernel map."""
-        self._bpf.ring_buffer_consume()
         known = set(self._procs)
         table = self._vm_table()
         exited = [vm for vm, done in table.items() if done]
