@@ -58,13 +58,16 @@ BPF_ARRAY(counts, struct pio_counts, PIOBPF_PORT_KEYS);
 #else
 #if !defined(PIOBPF_MAX_VMS) || !defined(PIOBPF_RECENT) || !defined(PIOBPF_TASK_GROUP_LEADER) \
     || !defined(PIOBPF_TASK_START_BOOTTIME) || !defined(PIOBPF_TASK_SIGNAL) \
-    || !defined(PIOBPF_SIGNAL_LIVE)
+    || !defined(PIOBPF_SIGNAL_LIVE) || !defined(PIOBPF_TASK_MM) || !defined(PIOBPF_TASK_COMM) \
+    || !defined(PIOBPF_MM_ARG_START) || !defined(PIOBPF_MM_ARG_END) || !defined(PIOBPF_ARGS) \
+    || !defined(PIOBPF_RING_PAGES)
 #error "compile through piobpf/kernel.py, which defines the parameters"
 #endif
 // PIOBPF_MAX_VMS: VMM processes at once; PIOBPF_RECENT: a CPU's remembered
-// keys; PIOBPF_TASK_* and PIOBPF_SIGNAL_LIVE: byte offsets of those fields
-// of task_struct and signal_struct, from the running kernel's BTF (its
-// headers may be another version's).
+// keys; PIOBPF_TASK_*, PIOBPF_SIGNAL_LIVE and PIOBPF_MM_*: byte offsets of
+// those fields of task_struct, signal_struct and mm_struct, from the running
+// kernel's BTF (its headers may be another version's); PIOBPF_ARGS: bytes of
+// a VM's command line rung to user space; PIOBPF_RING_PAGES: the ring's size.
 
 // A VM is a process, not a pid: a pid recycled for a new process is a new
 // VM, with a new id and keys of its own.
@@ -96,9 +99,21 @@ BPF_HASH(vms, u32, struct vm, PIOBPF_MAX_VMS);              // VM id -> process,
 // is counted before.
 BPF_ARRAY(epoch, u32, 1);
 BPF_PERCPU_ARRAY(recent, struct recent, PIOBPF_RECENT);
-// A VM came or went: wakes user space, which then reads vms. A full ring
-// loses nothing: it is full of rings not yet drained, so user space wakes.
-BPF_RINGBUF_OUTPUT(doorbell, 1);
+// A VM came or went: wakes user space, which then reads vms. A VM that goes
+// rings its tgid; one that comes, what names it (struct arrival), read in its
+// own thread on its first count, while the process surely lives: by the time
+// user space reads /proc the process may be exiting, its command line empty.
+// A full ring loses no VM: it is full of rings not yet drained, so user space
+// wakes and reads vms; a VM whose arrival found no room is named from /proc.
+BPF_RINGBUF_OUTPUT(doorbell, PIOBPF_RING_PAGES);
+struct arrival {
+    u32 tgid;
+    u32 args_len;   // bytes of the argument area, 0 when unreadable; args holds the first
+    u64 start;      // as struct vm's
+    char comm[16];  // the process's name (its leader's)
+    char args[PIOBPF_ARGS];     // as /proc/PID/cmdline: NUL-separated arguments
+};
+BPF_PERCPU_ARRAY(arrivals, struct arrival, 1);  // built here: too big for the stack
 
 static __always_inline u64 read_u64(u64 addr)
 {
@@ -153,6 +168,32 @@ static __always_inline void vm_exit(void)
     return;
 }
 
+// Ring user space that a VM came, with its process's name and command line.
+static __always_inline void ring_arrival(struct vm *new, u64 leader)
+{
+    u32 zero = 0;
+    struct arrival *a = arrivals.lookup(&zero);
+    if (!a)
+        return;
+    a->tgid = new->tgid;
+    a->start = new->start;
+    bpf_probe_read_kernel(&a->comm, sizeof(a->comm), (void *)(leader + PIOBPF_TASK_COMM));
+    u64 mm = read_u64(bpf_get_current_task() + PIOBPF_TASK_MM);
+    u64 from = read_u64(mm + PIOBPF_MM_ARG_START), to = read_u64(mm + PIOBPF_MM_ARG_END);
+    u32 len = to > from && to - from < 0x7fffffff ? to - from : 0;
+    u64 copy = len;
+    // The verifier wants the bound checked on the very register passed on,
+    // which clang would not do: the empty asm makes it forget what it knows.
+    asm volatile("" : "+r"(copy));
+    if (copy > PIOBPF_ARGS)
+        copy = PIOBPF_ARGS;
+    // A page not in memory cannot be read here: then /proc names it.
+    if (copy && bpf_probe_read_user(a->args, copy, (void *)from))
+        len = copy = 0;
+    a->args_len = len;
+    doorbell.ringbuf_output(a, offsetof(struct arrival, args) + copy, 0);  // not all of args
+}
+
 // The id of this process's VM; a new one on its first event.
 static __always_inline u32 *vm_of(u32 tgid)
 {
@@ -170,7 +211,7 @@ static __always_inline u32 *vm_of(u32 tgid)
             return 0;
     }
     if (live.insert(&tgid, &id) == 0)
-        doorbell.ringbuf_output(&tgid, sizeof(tgid), 0);
+        ring_arrival(&new, leader);
     else
         vms.delete(&id);    // another CPU's event of this process came first
     return live.lookup(&tgid);

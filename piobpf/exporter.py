@@ -2,9 +2,9 @@
 
 The map is read at each scrape, so every sample is exact and current, and
 counters never go backwards: a VM that exits keeps its final counts for the
-retention, then its series end (at once when a new VM gets its pid, as the
-two could share their labels). `families` (a snapshot to metric families)
-is pure and tested without root.
+retention, then its series end. A new VM with its pid and name has the same
+labels: their series is the sum of both, until both are done with.
+`families` (a snapshot to metric families) is pure and tested without root.
 """
 
 import errno
@@ -99,17 +99,20 @@ class PioCollector(Collector):
     """Reads the counter at each scrape. Scrapes run in the server's threads
     and `learn` in the main one: a lock keeps them from reading at once.
 
-    An exited VM's final counts are served `retention` seconds, then forgotten."""
+    An exited VM's final counts are served `retention` seconds, then
+    forgotten; not before a VM of the same pid and name is, as their labels
+    are the same: one series, the sum, which must never go back."""
 
     def __init__(self, session, retention):
         self._session, self.retention = session, retention
         self._lock = threading.Lock()
 
     def _sync(self):
-        """VMs that came and went; those exited more than the retention ago,
-        or whose pid a new VM has, forgotten."""
-        came = self._session.sync()
-        self._session.expire(time.monotonic() - self.retention, {p.pid for p in came})
+        """VMs that came and went; those exited more than the retention ago
+        forgotten, whatever their lives (one may come and go between two)."""
+        s = self._session
+        s.sync()
+        s.expire(time.monotonic() - self.retention, lambda p: (p.pid, s.naming.labeler.vm(p)))
 
     def learn(self):
         """At a ring and each second: VMs that came and went, and the look of

@@ -1,7 +1,8 @@
 """A tiny real-mode KVM guest that does scripted port I/O (tests and demo).
 
 USAGE: python3 -m piobpf.guest [--irqchip] [--thread-name NAME] [-name NAME]
-                                [--wait] [--hold] [--forever] [--delay PORT:US]
+                                [--wait] [--hold] [--abrupt] [--forever]
+                                [--delay PORT:US]
                                 OP [OP ...] [+ OP ...]
 
 Each OP is DIR:PORT[-LAST][:SIZE[:REPS[:STRCOUNT]]]: DIR is r or w, SIZE 1,
@@ -237,6 +238,8 @@ def main(argv=None):
     parser.add_argument("--hold", action="store_true",
                         help="after the ops, stay alive until stdin closes")
     parser.add_argument("--forever", action="store_true", help="repeat the ops until killed")
+    parser.add_argument("--abrupt", action="store_true",
+                        help="after the ops, exit at once, no clean-up: a VMM killed then")
     parser.add_argument("--delay", action="append", type=parse_delay, default=[],
                         metavar="PORT:MICROSECONDS",
                         help="answer exits on PORT that much later, as a slow VMM would")
@@ -268,6 +271,8 @@ def main(argv=None):
     print(f"done exits={sum(exits)} seconds={time.monotonic() - started:.6f}", flush=True)
     if args.hold:
         sys.stdin.read()
+    if args.abrupt:
+        os._exit(0)
     return 0
 
 

@@ -53,14 +53,24 @@ LATENCY_RAW_TRACEPOINTS = ("kvm_fpu", "kvm_userspace_exit", "kvm_exit", "kvm_ent
                            "sched_process_exit")
 INDEX = ("value",)                  # an array's key, a slot, a VM id
 VM_FIELDS = ("tgid", "exited", "start")
+# A new VM's ring: its process, name and the first ARGS bytes of its command
+# line (QEMU's -name, even of libvirt's long ones, comes early), in a ring of
+# RING_PAGES pages: room for dozens of such VMs between two drains.
+ARRIVAL_FIELDS = ("tgid", "args_len", "start", "comm", "args")
+ARGS = 4096
+RING_PAGES = 64
 # Fields of the running kernel's own structs that the program reads by VM
-# or vCPU (a process's start, whether its last thread exits), as -D flags of
-# their byte offsets: from the kernel's BTF, since the headers BCC compiles
-# against may be another version's.
+# or vCPU (a process's start, name and command line, whether its last
+# thread exits), as -D flags of their byte offsets: from the kernel's BTF,
+# since the headers BCC compiles against may be another version's.
 KERNEL_FIELDS = {"PIOBPF_TASK_GROUP_LEADER": ("task_struct", "group_leader"),
                  "PIOBPF_TASK_START_BOOTTIME": ("task_struct", "start_boottime"),
                  "PIOBPF_TASK_SIGNAL": ("task_struct", "signal"),
-                 "PIOBPF_SIGNAL_LIVE": ("signal_struct", "live")}
+                 "PIOBPF_TASK_MM": ("task_struct", "mm"),
+                 "PIOBPF_TASK_COMM": ("task_struct", "comm"),
+                 "PIOBPF_SIGNAL_LIVE": ("signal_struct", "live"),
+                 "PIOBPF_MM_ARG_START": ("mm_struct", "arg_start"),
+                 "PIOBPF_MM_ARG_END": ("mm_struct", "arg_end")}
 # The fields --latency reads to find, from the current task, the kvm_run of
 # the vCPU it has loaded: the task's preempt notifiers, which vcpu_load put
 # the vCPU's own on (CONFIG_PREEMPT_NOTIFIERS, which KVM selects).
@@ -273,7 +283,10 @@ class PioCounter:
     By VM or vCPU, `doorbells` are fds that turn readable when a VM comes or
     goes; `sync` then says which, and moves the counts of a VM that exited
     out of the kernel map into this object, where reads find them until
-    `forget`."""
+    `forget`. `cmdlines` holds what the kernel saw of each new VM's process
+    on its first count, {Proc: (command line, name)} as bytes of
+    /proc/PID/cmdline and comm (the command line None when unreadable),
+    for names to take (names.Labeler)."""
 
     def __init__(self, attach="auto", max_entries=DEFAULT_MAX_ENTRIES, by="port", pids=(),
                  latency=False):
@@ -291,7 +304,8 @@ class PioCounter:
         cflags += [f"-D{k}" for k in BY_KEYS[by]]
         if BY_KEYS[by]:
             cflags += [f"-DPIOBPF_MAX_VMS={min(MAX_VMS, int(max_entries))}",
-                       f"-DPIOBPF_RECENT={RECENT}"]
+                       f"-DPIOBPF_RECENT={RECENT}", f"-DPIOBPF_ARGS={ARGS}",
+                       f"-DPIOBPF_RING_PAGES={RING_PAGES}"]
             cflags += [f"-D{flag}={offset}" for flag, offset in kernel_offsets().items()]
         if latency:
             cflags += ["-DPIOBPF_LATENCY", f"-DPIOBPF_HIST_SLOTS={HIST_SLOTS}",
@@ -317,6 +331,7 @@ class PioCounter:
         self._batch = True
         self._buffers = {}      # map fd -> batch read buffers, allocated once
         self.comms = {}     # (Proc, tid) -> thread name the kernel saw (by vcpu)
+        self.cmdlines = {}
         self.entries = 0    # keys in the kernel map at the last read
         self._evicted = {}  # key -> final Counts, of exited VMs not yet forgotten
         self._evicted_times = {}    # key -> final Times, the same with --latency
@@ -344,11 +359,27 @@ class PioCounter:
         for slot.value in range(max_entries - 1, -1, -1):
             if lib.bpf_update_elem(self._spare.map_fd, None, ctypes.byref(slot), 0):
                 raise TraceError(f"filling the BPF map failed: {os.strerror(ctypes.get_errno())}")
+        # A per-CPU map's value is an array of the struct, one a CPU.
+        self._afmt = layout(self._bpf["arrivals"].Leaf._type_, ARRIVAL_FIELDS)
         doorbell = self._bpf["doorbell"]
-        doorbell.open_ring_buffer(lambda ctx, data, size: 0)   # drained; vms says what rang
+        doorbell.open_ring_buffer(self._rang)
         self.doorbells = [doorbell.map_fd]
         epoch = self._bpf["epoch"]
         epoch[epoch.Key(0)] = epoch.Leaf(1)
+
+    def _rang(self, ctx, data, size):
+        """A ring: a VM's arrival keeps what names it; the rest (a VM's
+        exit, its tgid only) just wakes `sync`, and vms says which."""
+        full = struct.calcsize(self._afmt)
+        if size > 4:
+            record = ctypes.string_at(data, min(size, full)).ljust(full, b"\0")
+            tgid, length, start, comm, args = struct.unpack(self._afmt, record)
+            cmdline = args[:length]
+            if length > len(cmdline):       # cut short: its last argument may be partial
+                cmdline = cmdline[:cmdline.rfind(b"\0") + 1]
+            self.cmdlines[Proc(tgid, start // TICK_NS)] = (
+                cmdline if length else None, comm.split(b"\0", 1)[0])
+        return 0
 
     def _lookup_batch(self, table, limit=None):
         """A map's entries as (key bytes, value bytes), BATCH entries a syscall
@@ -470,18 +501,26 @@ class PioCounter:
         return {slot: key for key, (slot,) in self._rows(self._slots, self._kfmt, self._sfmt)}
 
     def _vm_table(self):
-        """{VM id: exited} of the kernel's VM table; learns each one's process."""
+        """{VM id: exited} of the kernel's VM table; learns each one's process
+        and, from the ring, what names it (cmdlines)."""
         table = {}
         for (vm,), (tgid, exited, start) in self._rows(self._vms, self._sfmt, self._mfmt):
             if vm not in self._procs:
                 self._procs[vm] = Proc(tgid, start // TICK_NS)
             table[vm] = exited
+        # After the table: a VM's arrival is rung a moment after it enters it.
+        self._bpf.ring_buffer_consume()
         return table
+
+    @property
+    def vms(self):
+        """The processes of the VMs in the kernel's table: running, or
+        exited and not moved out yet."""
+        return set(self._procs.values()) if BY_KEYS[self.by] else set()
 
     def sync(self):
         """After a doorbell: (VMs new since the last sync, VMs that exited),
         as Procs; the exited ones' counts are moved out of the kernel map."""
-        self._bpf.ring_buffer_consume()
         known = set(self._procs)
         table = self._vm_table()
         exited = [vm for vm, done in table.items() if done]
@@ -533,6 +572,8 @@ class PioCounter:
                                if k[2] not in procs}
         for key in [k for k in self.comms if k[0] in procs]:
             del self.comms[key]
+        for p in procs & self.cmdlines.keys():     # never named (named ones took theirs)
+            del self.cmdlines[p]
 
     def detach(self):
         """Stop counting; the maps stay readable for the final read."""

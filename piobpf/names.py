@@ -44,16 +44,25 @@ def process(pid, proc="/proc"):
     return None if start is None else Proc(pid, start)
 
 
+def cmdline_name(cmdline):
+    """QEMU's -name in a command line: bytes of NUL-separated arguments, as
+    /proc/PID/cmdline. None without one."""
+    return cmdline and qemu_name(cmdline.decode(errors="replace").split("\0")) or None
+
+
+def comm_name(comm):
+    """A process name as /proc/PID/comm's bytes; None when empty."""
+    return comm and comm.decode(errors="replace").strip() or None
+
+
 def process_name(p, proc="/proc"):
     """QEMU's -name, else the process name, of Proc `p`; None when it is gone
     (its pid gone, or another process's by now)."""
     if start_time(p.pid, proc) != p.start:
         return None
-    cmdline = read_proc(f"{proc}/{p.pid}/cmdline")
-    name = cmdline and qemu_name(cmdline.decode(errors="replace").split("\0"))
+    name = cmdline_name(read_proc(f"{proc}/{p.pid}/cmdline"))
     if not name:
-        comm = read_proc(f"{proc}/{p.pid}/comm")
-        name = comm and comm.decode(errors="replace").strip()
+        name = comm_name(read_proc(f"{proc}/{p.pid}/comm"))
     # Still the same process after the reads: they were of `p`.
     return name if start_time(p.pid, proc) == p.start else None
 
@@ -88,11 +97,14 @@ class Labeler:
     """Extra row fields (pid, vm; tid, thread, vcpu) for keys of --by vm|vcpu.
 
     `comms` maps (Proc, tid) to the thread name the kernel saw (by vcpu);
-    `known` holds names looked up already ({Proc: name})."""
+    `known` holds names looked up already ({Proc: name}); `cmdlines` what
+    the kernel saw of new VMs' processes ({Proc: (command line, comm)}, as
+    kernel.PioCounter's), taken as they are named."""
 
-    def __init__(self, by, comms, proc="/proc", known=None):
+    def __init__(self, by, comms, proc="/proc", known=None, cmdlines=None):
         self.by, self.comms, self.proc = by, comms, proc
         self._vm = dict(known or {})
+        self._cmdlines = {} if cmdlines is None else cmdlines
 
     def learn(self, snapshot):
         """Look up the processes new in `snapshot` while they still run."""
@@ -100,9 +112,13 @@ class Labeler:
             self.vm(key[2])
 
     def vm(self, p):
-        """The name of Proc `p`, looked up once; None for a process gone before that."""
+        """The name of Proc `p`, looked up once: the -name of the command
+        line the kernel saw on its first count, which holds for a process
+        gone by now; else from /proc (the whole command line); else the
+        process name the kernel saw; None for a process gone before any."""
+        cmdline, comm = self._cmdlines.pop(p, (None, None))
         if p not in self._vm:
-            self._vm[p] = process_name(p, self.proc)
+            self._vm[p] = cmdline_name(cmdline) or process_name(p, self.proc) or comm_name(comm)
         return self._vm[p]
 
     def forget(self, procs):
@@ -119,6 +135,6 @@ class Labeler:
         return fields
 
 
-def labeler(by, comms, known=None):
+def labeler(by, comms, known=None, cmdlines=None):
     """The Labeler of --by vm|vcpu; None by port, where rows carry no labels."""
-    return None if by == "port" else Labeler(by, comms, known=known)
+    return None if by == "port" else Labeler(by, comms, known=known, cmdlines=cmdlines)

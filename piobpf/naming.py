@@ -85,13 +85,14 @@ class Naming:
         return self.labeler(key) if self.labeler else {}
 
 
-def from_args(args, comms=None, known=None):
+def from_args(args, comms=None, known=None, cmdlines=None):
     """The Naming of a run: `--device-map auto` reads VMs' maps while tracing
     (`comms` given); --ioports FILE, else /proc/ioports, names the rest.
-    `known`: VM names looked up already ({Proc: name})."""
+    `known`: VM names looked up already ({Proc: name}); `cmdlines`: what the
+    kernel saw of new VMs (names.Labeler)."""
     source = HOST_IOPORTS if args.ioports == ioports.PROC_IOPORTS else IOPORTS_FILE
     table = load_ioports(args.ioports)
     tracing = comms is not None
     maps = VmmMaps(args.pid) if tracing and args.device_map == "auto" else None
-    labeler = names.labeler(args.by, comms, known) if tracing else None
+    labeler = names.labeler(args.by, comms, known, cmdlines) if tracing else None
     return Naming(DeviceNames(table, source, maps), args.by, labeler, maps)

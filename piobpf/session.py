@@ -79,7 +79,8 @@ class Session:
         self.counter = PioCounter(attach=args.attach, max_entries=args.map_size, by=args.by,
                                   pids=args.pid or (), latency=args.latency)
         try:
-            self.naming = naming.from_args(args, self.counter.comms, known)
+            self.naming = naming.from_args(args, self.counter.comms, known,
+                                           self.counter.cmdlines)
         except BaseException:
             self.counter.close()
             raise
@@ -117,10 +118,15 @@ class Session:
         for p in procs:
             self.gone.setdefault(p, now)
 
-    def expire(self, before, pids=()):
-        """Forget the VMs that exited before `before` (monotonic), or whose
-        pid is in `pids`: their counts leave the reads, their names go."""
-        old = [p for p, t in self.gone.items() if t < before or p.pid in pids]
+    def expire(self, before, together=None):
+        """Forget the VMs that exited before `before` (monotonic): their
+        counts leave the reads, their names go. With `together(proc)` (say,
+        the labels a VM's series have), one is kept as long as a VM that
+        runs or is kept has the same."""
+        old = {p for p, t in self.gone.items() if t < before}
+        if together and old:
+            kept = {together(p) for p in self.counter.vms | (self.gone.keys() - old)}
+            old = {p for p in old if together(p) not in kept}
         for p in old:
             del self.gone[p]
         if old:

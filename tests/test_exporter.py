@@ -89,7 +89,7 @@ def test_vcpu_mode_labels_and_threads_of_one_name_summed(tmp_path):
 class FixedSession:
     """A session.Session's reading side over fixed snapshots (the exporter's
     unit test); `came` are the VMs each sync finds new, `expired` what the
-    collector asked to forget."""
+    collector asked to forget: (before, together) of each expire."""
 
     def __init__(self, naming, *snapshots, came=()):
         self.naming, self.snapshots, self.capacity = naming, list(snapshots), 100
@@ -99,8 +99,8 @@ class FixedSession:
     def sync(self):
         return [self.came.pop(0)] if self.came else []
 
-    def expire(self, before, pids=()):
-        self.expired.append((before, set(pids)))
+    def expire(self, before, together=None):
+        self.expired.append((before, together))
 
     def read(self):
         snap = self.snapshots.pop(0)
@@ -124,15 +124,18 @@ def test_collector_reads_at_each_scrape_and_nothing_once_closed(tmp_path):
     assert generate_latest(registry) == b""
 
 
-def test_collector_forgets_exited_vms_after_the_retention_or_when_their_pid_returns(tmp_path):
+def test_collector_forgets_exited_vms_after_the_retention_but_not_apart_from_their_labels(
+        tmp_path):
     naming = fixed_naming(NAMES, "vm", labeler(tmp_path, "vm", {10: "web1"}))
     session = FixedSession(naming, Snapshot(), came=[Proc(20, START + 1)])
     registry = CollectorRegistry()
     registry.register(exporter.PioCollector(session, retention=60))
     before = time.monotonic()
     text = generate_latest(registry).decode()
-    (at, pids), = session.expired
-    assert before - 60 <= at <= time.monotonic() - 60 and pids == {20}
+    (at, together), = session.expired
+    assert before - 60 <= at <= time.monotonic() - 60
+    # Kept together: VMs of one pid and name, whose series are one.
+    assert together(P10) == (10, "web1")
     assert "piobpf_map_entries 1.0" in text     # the kernel map's keys, not the snapshot's
 
 

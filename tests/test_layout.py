@@ -52,7 +52,11 @@ def test_a_changed_struct_is_refused(ctype, names):
 def test_kernel_struct_offsets_come_from_btf():
     offsets = kernel_offsets()
     assert set(offsets) == {"PIOBPF_TASK_GROUP_LEADER", "PIOBPF_TASK_START_BOOTTIME",
-                            "PIOBPF_TASK_SIGNAL", "PIOBPF_SIGNAL_LIVE"}
+                            "PIOBPF_TASK_SIGNAL", "PIOBPF_SIGNAL_LIVE", "PIOBPF_TASK_MM",
+                            "PIOBPF_TASK_COMM", "PIOBPF_MM_ARG_START", "PIOBPF_MM_ARG_END"}
     assert all(o % 4 == 0 for o in offsets.values()) and 0 < offsets["PIOBPF_SIGNAL_LIVE"] < 64
+    # Declared together (unsigned long arg_start, arg_end), inside an
+    # anonymous struct of mm_struct: found through it.
+    assert offsets["PIOBPF_MM_ARG_END"] == offsets["PIOBPF_MM_ARG_START"] + 8 > 8
     with pytest.raises(TraceError, match="task_struct.no_such_field"):
         kernel_offsets({"X": ("task_struct", "no_such_field")})

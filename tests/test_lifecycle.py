@@ -221,7 +221,8 @@ def spawn_with_pid(pid, *args):
     may take it first: then None."""
     with open("/proc/sys/kernel/ns_last_pid", "w") as f:
         f.write(str(pid - 1))
-    proc = subprocess.Popen([PY, "-m", "piobpf.guest", *args], env=ENV, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen([PY, "-m", "piobpf.guest", *args], env=ENV, stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL)
     if proc.pid == pid:
         return proc
     proc.kill()
@@ -262,3 +263,137 @@ def test_device_maps_are_per_process(tmp_path):
     shutil.rmtree(procfs / "10")
     assert maps.scan() == [new]     # gone from /proc
     assert Proc(10, 300) in maps.vms     # kept until forgotten, to name its counted ports
+
+
+
+def brief(i, prefix):
+    """Guest i, run to its end and gone at once after its port I/O (no
+    clean-up): it exits while piobpf may still be answering the kernel's
+    ring. (pid, name, expected)."""
+    ops, expected = guest_ops(i)
+    name = f"{prefix}-{i}"
+    proc = subprocess.Popen([PY, "-m", "piobpf.guest", "-name", f"guest={name}", "--abrupt",
+                             *ops], env=ENV, text=True, stdout=subprocess.PIPE)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0 and out.startswith("done"), out
+    return proc.pid, name, expected
+
+
+def brief_lives(count, prefix, gap=0.0):
+    """`count` brief guests one after another, `gap` seconds apart."""
+    lives = []
+    for i in range(count):
+        lives.append(brief(i, prefix))
+        time.sleep(gap)
+    return lives
+
+
+def served(page, lives):
+    """{(pid, name): {(direction, port): (events, bytes)}} of `lives`' series on a page."""
+    mine = {(str(pid), name) for pid, name, _ in lives}
+    found = {}
+    for (metric, labels), value in page.items():
+        labels = dict(labels)
+        if (labels.get("pid"), labels.get("vm")) not in mine:
+            continue
+        key = (int(labels["pid"]), labels["vm"])
+        port = (labels["direction"], int(labels["port"], 16))
+        events, nbytes = found.setdefault(key, {}).get(port, (0, 0))
+        if metric == "piobpf_pio_events_total":
+            events = int(value)
+        elif metric == "piobpf_pio_bytes_total":
+            nbytes = int(value)
+        found[key][port] = (events, nbytes)
+    return found
+
+
+class Scraper:
+    """Scrapes back to back in a thread, as many Prometheus servers would:
+    checks that no counter of a VM named `prefix`-... goes backwards or
+    ends (the test's retention outlasts it; others' VMs may end)."""
+
+    def __init__(self, url, prefixes):
+        self.url, self.prefixes, self.pages, self.errors = url, prefixes, 0, []
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop)
+        self._thread.start()
+
+    def _loop(self):
+        last = {}
+        try:
+            while not self._stopped.is_set():
+                page = {k: v for k, v in metrics(self.url).items() if k[0].startswith(
+                    "piobpf_pio_") and dict(k[1])["vm"].startswith(self.prefixes)}
+                self.errors += [(k, v, page.get(k)) for k, v in last.items()
+                                if page.get(k, -1) < v]
+                last, self.pages = page, self.pages + 1
+        except Exception as e:      # reported by stop()
+            self.errors.append(e)
+
+    def stop(self):
+        self._stopped.set()
+        self._thread.join(timeout=60)
+        assert self.pages > 1 and not self.errors[:10], self.errors[:10]
+
+
+@needs_tracing
+def test_exporter_serves_every_short_lived_vm(running, prometheus):
+    # Guests that come and go between two syncs, scraped back to back and
+    # every second by a real Prometheus: each VM's final counts stay
+    # served, exact, under its own name (on main: 139 of 320 lost).
+    exporter = Exporter(running, "--by", "vm", "--retention", "600")
+    url = prometheus(exporter.target)
+    wait_for("a scrape", lambda: query(url, "piobpf_map_max_entries"))
+    scraper = Scraper(exporter.url, ("lone-", "b2b-"))
+    lives = brief_lives(20, "lone", gap=0.3) + brief_lives(300, "b2b")
+    scraper.stop()
+    page = metrics(exporter.url)
+    after = time.time()
+    wait_for("a scrape after the last guest", lambda: [
+        r for r in query(url, "timestamp(piobpf_map_entries)") if float(r["value"][1]) > after])
+    stored = {(r["metric"]["pid"], r["metric"]["vm"], r["metric"]["direction"],
+               r["metric"]["port"]): int(r["value"][1])
+              for r in query(url, 'piobpf_pio_events_total{vm=~"(lone|b2b)-.*"}')}
+    assert exporter.stop()[0] == 0
+    expected = {(pid, name): want for pid, name, want in lives}
+    assert served(page, lives) == expected
+    assert stored == {(str(pid), name, d, f"{port:#x}"): events
+                      for (pid, name), want in expected.items()
+                      for (d, port), (events, _) in want.items()}
+
+
+@needs_tracing
+def test_short_lived_vms_are_named_by_their_name():
+    t = Traced("-d", "600", "--format", "json", "--by", "vm")
+    with ThreadPoolExecutor(WORKERS) as pool:     # as many at once as the churn
+        lives = list(pool.map(lambda i: brief(i, "short"), range(200)))
+    rc, out, err = t.stop()
+    assert rc == 0, err
+    found = groups(json.loads(out)["rows"])
+    mine = {pid for pid, _, _ in lives}
+    assert {key: counts for key, counts in found.items() if key[0] in mine} == {
+        (pid, name): expected for pid, name, expected in lives}
+
+
+@needs_tracing
+def test_a_new_vm_of_an_exited_ones_pid_and_name_adds_to_its_series(running):
+    # Same pid, same name: the same labels. The series is the sum of both,
+    # kept past the first one's retention while the second runs.
+    exporter = Exporter(running, "--by", "vm", "--retention", "2")
+    scraper = Scraper(exporter.url, ("same-",))
+    for _ in range(20):
+        pid, name, _, _ = life(1, "same")
+        new = spawn_with_pid(pid, "-name", f"guest={name}", "--hold", *guest_ops(2)[0])
+        if new:
+            break
+    assert new, "other processes took every pid this test freed"
+    running.append(new)
+    time.sleep(3)       # the first one's retention is over
+    page = metrics(exporter.url)
+    new.stdin.close()
+    assert new.wait(timeout=60) == 0
+    scraper.stop()
+    assert exporter.stop()[0] == 0
+    both = {port: tuple(a + b for a, b in zip(counts, guest_ops(2)[1][port]))
+            for port, counts in guest_ops(1)[1].items()}
+    assert served(page, [(pid, name, both)]) == {(pid, name): both}
