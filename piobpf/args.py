@@ -106,8 +106,9 @@ def parse_args(argv):
     p.add_argument("-n", "--top", type=positive(int), metavar="TOP",
                    help="show only the TOP busiest rows (per VM or vCPU with --by)")
     p.add_argument("--latency", action="store_true",
-                   help="also time each exit: how long it keeps its vCPU out of the guest "
-                        "(TIME, AVG, MAX and a histogram per row)")
+                   help="also time each exit: how long it keeps its vCPU out of the guest, "
+                        "from the end of KVM_RUN to the next (KVM's kvm_fpu tracepoint); "
+                        "TIME, AVG, MAX and a histogram per row")
     p.add_argument("--sort", choices=("time", "events"),
                    help="order of rows (default: time with --latency, else events)")
     p.add_argument("--format", choices=formats.FORMATS, default="table",

@@ -6,7 +6,8 @@ import struct
 
 import pytest
 
-from piobpf.kernel import KEY_FIELDS, LEAF_FIELDS, VM_FIELDS, TraceError, kernel_offsets, layout
+from piobpf.kernel import (KEY_FIELDS, LATENCY_FIELDS, LEAF_FIELDS, VM_FIELDS, TraceError,
+                           kernel_offsets, layout)
 
 
 class Key(ctypes.Structure):
@@ -60,3 +61,13 @@ def test_kernel_struct_offsets_come_from_btf():
     assert offsets["PIOBPF_MM_ARG_END"] == offsets["PIOBPF_MM_ARG_START"] + 8 > 8
     with pytest.raises(TraceError, match="task_struct.no_such_field"):
         kernel_offsets({"X": ("task_struct", "no_such_field")})
+
+
+@pytest.mark.skipif(not os.path.exists("/sys/kernel/btf/vmlinux"), reason="needs the kernel's BTF")
+def test_latency_finds_the_loaded_vcpu_through_btf_offsets():
+    offsets = kernel_offsets(LATENCY_FIELDS, "--latency")
+    assert set(offsets) == set(LATENCY_FIELDS)
+    assert offsets["PIOBPF_TASK_PREEMPT_NOTIFIERS"] > 0 and offsets["PIOBPF_VCPU_RUN"] > 0
+    # A kernel without the member (no CONFIG_PREEMPT_NOTIFIERS): one line naming the option.
+    with pytest.raises(TraceError, match=r"kvm_vcpu.no_notifier, which --latency reads"):
+        kernel_offsets({"X": ("kvm_vcpu", "no_notifier")}, "--latency")
