@@ -390,10 +390,15 @@ static __always_inline struct pio_pending *pending_of(u64 id)
 
 // The head of the kernel's kvm_run of the vCPU this thread has loaded: its
 // exit reason and the exit's details (the io and mmio members of the union).
+// As it lies in kvm_run from exit_reason on, so that one read gets both.
 struct run_head {
     u32 exit_reason;
+    u8 between[offsetof(struct kvm_run, io) - offsetof(struct kvm_run, exit_reason) - 4];
     __typeof__(((struct kvm_run *)0)->io) io;
-};
+} __attribute__((packed));
+_Static_assert(offsetof(struct run_head, io)
+               == offsetof(struct kvm_run, io) - offsetof(struct kvm_run, exit_reason),
+               "run_head mirrors kvm_run");
 
 static __always_inline int loaded_run(struct run_head *head)
 {
@@ -407,11 +412,8 @@ static __always_inline int loaded_run(struct run_head *head)
     u64 vcpu = link - PIOBPF_NOTIFIER_LINK - PIOBPF_VCPU_PREEMPT_NOTIFIER;
     if (bpf_probe_read_kernel(&run, sizeof(run), (void *)(vcpu + PIOBPF_VCPU_RUN)) || !run)
         return -1;
-    if (bpf_probe_read_kernel(&head->exit_reason, sizeof(head->exit_reason),
-                              (void *)(run + offsetof(struct kvm_run, exit_reason))))
-        return -1;
-    return bpf_probe_read_kernel(&head->io, sizeof(head->io),
-                                 (void *)(run + offsetof(struct kvm_run, io)));
+    return bpf_probe_read_kernel(head, sizeof(*head),
+                                 (void *)(run + offsetof(struct kvm_run, exit_reason)));
 }
 
 static __always_inline void time_window(u32 slot, u64 ns)
