@@ -48,6 +48,19 @@ def positive(kind):
     return convert
 
 
+# The shortest -i the run loop serves: its ticks are a float clock's
+# multiples of the interval, and a read of the map takes longer anyway.
+MIN_INTERVAL = 0.001
+
+
+def interval(text):
+    """-i SECONDS: positive, and no shorter than MIN_INTERVAL."""
+    value = positive(float)(text)
+    if value < MIN_INTERVAL:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_INTERVAL:g} s, got {text!r}")
+    return value
+
+
 def pid_list(text):
     """-p PID[,PID...]: numbers of running processes (not threads)."""
     pids = []
@@ -100,7 +113,7 @@ def parse_args(argv):
                            "device model (QEMU's monitor), else from /proc/ioports.")
     p.add_argument("-d", "--duration", type=positive(float), metavar="SECONDS",
                    help="trace this long (default: until Ctrl-C)")
-    p.add_argument("-i", "--interval", type=positive(float), metavar="SECONDS",
+    p.add_argument("-i", "--interval", type=interval, metavar="SECONDS",
                    help="print the counts of every interval of this length "
                         "(--live: refresh every SECONDS, default 1)")
     p.add_argument("-n", "--top", type=positive(int), metavar="TOP",

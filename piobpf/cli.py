@@ -46,7 +46,7 @@ def run_trace(args):
             session.run(interval, interval if args.interval else printer.emit,
                         progress=bool(args.duration and not args.interval
                                       and sys.stderr.isatty()))
-    return 1 if printer.failed else 0
+    return 1 if printer.failed or session.failed else 0
 
 
 def load_input(path, load):

@@ -85,6 +85,7 @@ class Session:
             self.counter.close()
             raise
         self.gone = {}      # Proc -> when its VM was seen to exit (monotonic)
+        self.failed = False     # the run loop stopped on an unexpected error
 
     @property
     def latency(self):
@@ -175,31 +176,38 @@ class Session:
         second_at = start + SECOND if progress or self.naming.ticks else never
         last, slow = Snapshot(), False
         wait = wait or self.stopper.wait
-        while not self.stopper.stopped:
-            if wait(min(report_at, second_at, deadline) - time.monotonic(), self.doorbells):
-                self.sync()
-            now = time.monotonic()
-            if self.stopper.stopped or now >= deadline:
-                break
-            snap = None
-            if now >= report_at:
-                snap = self.read()
-                interval(snap - last, now - last_t)
-                last, last_t = snap, now
-                self.expire(now)    # their final counts are in `last`: no later delta has them
-                report_at = next_tick(report_at, args.interval, now)
-                took = time.monotonic() - now
-                if took > args.interval and not slow:
-                    slow = True
-                    warn(f"-i {args.interval:g} is shorter than a read of the kernel map "
-                         f"takes here ({took:.2f} s): intervals are that long or longer")
-            if now >= second_at:
-                second_at = next_tick(second_at, SECOND, now)
-                snap = self.look(snap, progress)
-                if progress:
-                    sys.stderr.write(f"\r{now - start:.0f}/{args.duration:g} s, "
-                                     f"{snap.total_events} events ")
-                    sys.stderr.flush()
+        try:
+            while not self.stopper.stopped:
+                if wait(min(report_at, second_at, deadline) - time.monotonic(), self.doorbells):
+                    self.sync()
+                now = time.monotonic()
+                if self.stopper.stopped or now >= deadline:
+                    break
+                snap = None
+                if now >= report_at:
+                    snap = self.read()
+                    interval(snap - last, now - last_t)
+                    last, last_t = snap, now
+                    self.expire(now)    # their final counts are in `last`: no later delta has them
+                    report_at = next_tick(report_at, args.interval, now)
+                    took = time.monotonic() - now
+                    if took > args.interval and not slow:
+                        slow = True
+                        warn(f"-i {args.interval:g} is shorter than a read of the kernel map "
+                             f"takes here ({took:.2f} s): intervals are that long or longer")
+                if now >= second_at:
+                    second_at = next_tick(second_at, SECOND, now)
+                    snap = self.look(snap, progress)
+                    if progress:
+                        sys.stderr.write(f"\r{now - start:.0f}/{args.duration:g} s, "
+                                         f"{snap.total_events} events ")
+                        sys.stderr.flush()
+        except OSError:             # the output's own failures: the printer's to report
+            raise
+        except Exception as e:      # a fault of ours: what was counted is still printed
+            warn(f"the run stopped on an unexpected error ({type(e).__name__}: {e}); "
+                 "what was counted follows")
+            self.failed = True
         self.counter.detach()
         snap, end = self.read(), time.monotonic()
         if args.latency:

@@ -15,7 +15,8 @@ from helpers import (ENV, MIXED, MIXED_EXPECTED, PY, REPO, HeldGuest, Traced, ar
 
 @pytest.mark.parametrize("args,word", [
     (["-d", "-1"], "-d"), (["-d", "x"], "-d"), (["-d", "0"], "-d"), (["-d", "nan"], "-d"),
-    (["-i", "0"], "-i"), (["-i", "soon"], "-i"), (["-n", "1.5"], "-n"), (["-n", "-3"], "-n"),
+    (["-i", "0"], "-i"), (["-i", "soon"], "-i"), (["-i", "3e-320", "-d", "1"], "at least 0.001"),
+    (["-n", "1.5"], "-n"), (["-n", "-3"], "-n"),
     (["--format", "xml"], "xml"), (["--bogus"], "--bogus"), (["extra"], "extra"),
 ])
 def test_bad_arguments(args, word):
