@@ -102,3 +102,36 @@ def test_firmware_vm_bars_where_its_firmware_put_them():
     m = mtree.parse((FIXTURES / "mtree-firmware.txt").read_text())
     assert (m.lookup(0xc000), m.lookup(0xd03f), m.lookup(0xd040)) == (
         "virtio-pci net0", "e1000-io nic1", mtree.UNASSIGNED)
+
+
+def one_port_ranges(n, first=0):
+    """An answer of n one-port ranges from port `first`, each its own device, in
+    the format of the fixtures (\\r\\n, owner with an id)."""
+    lines = ["FlatView #0", ' AS "I/O", root: io', " Root memory region: io"]
+    lines += [f"  {p:016x}-{p:016x} (prio 0, i/o): dev{p:x} owner:{{dev id=d{p:x}}}"
+              for p in range(first, first + n)]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def test_a_map_of_every_port_in_its_own_range():
+    # 65,536 ranges: the bound, and every port of the space.
+    m = mtree.parse(one_port_ranges(mtree.MAX_RANGES))
+    assert len(m) == 65536
+    for port in (0, 1, 0x92, 0xcf8, 0xc000, 0xfffe, 0xffff):
+        assert m.lookup(port) == f"dev{port:x} d{port:x}"
+
+
+def test_a_map_over_the_bound_is_refused():
+    # One more range than the bound (past the port space: the parser reads
+    # 64-bit addresses as QEMU prints them).
+    with pytest.raises(ValueError, match="more than 65536 ranges"):
+        mtree.parse(one_port_ranges(mtree.MAX_RANGES + 1))
+
+
+def test_overlaps_resolved_by_priority_then_size_then_order():
+    # resolve() gets overlapping ranges only from a non-flat view; the rule:
+    # highest prio, then the smallest range, then the first given.
+    got = mtree.resolve([(0, 99, 0, "big"), (10, 19, 0, "small"), (15, 30, 1, "high"),
+                         (50, 59, 0, "first"), (50, 59, 0, "second"), (200, 210, 0, "lone")])
+    assert got == [(0, 9, "big"), (10, 14, "small"), (15, 30, "high"), (31, 49, "big"),
+                   (50, 59, "first"), (60, 99, "big"), (200, 210, "lone")]
