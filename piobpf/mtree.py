@@ -27,10 +27,12 @@ MAX_RANGES = 65536
 
 # QEMU's mtree_print_flatview: range, priority and type, the region's name,
 # " @offset" into the region, then (with -o) " owner:{...}" and/or
-# " parent:{...}", or " orphan".
-_RANGE = re.compile(r"^\s*(?P<start>[0-9a-fA-F]+)-(?P<end>[0-9a-fA-F]+) \(prio (?P<prio>-?\d+), [^)]*\): "
-                    r"(?P<name>.*?)(?: @[0-9a-fA-F]+)?"
-                    r"(?P<owner>(?: (?:owner|parent):\{[^}]*\})*)(?: orphan)?\s*$")
+# " parent:{...}", or " orphan". The tail is matched on the reversed text: a
+# lazy name before a repeated group backtracks quadratically on a hostile
+# line (4 s for 72 KB); anchored and reversed, each character is looked at
+# a bounded number of times.
+_HEAD = re.compile(r"\s*(?P<start>[0-9a-fA-F]+)-(?P<end>[0-9a-fA-F]+) \(prio (?P<prio>-?\d+), [^)]*\): ")
+_TAIL_REVERSED = re.compile(r"\s*(?:nahpro )?(?P<owner>(?:\}[^}]*\{:(?:renwo|tnerap) )*)(?:[0-9a-fA-F]+@ )?")
 _ID = re.compile(r"owner:\{\s*(?:dev\s+)?id=(?P<id>[^}\s]+)\}")   # older QEMU: "{ id=X}"
 
 
@@ -105,12 +107,15 @@ def parse(text):
     """The I/O map in `info mtree -f [-o]` text; ValueError when there is none."""
     ranges = []
     for line in io_lines(text):
-        m = _RANGE.match(line)
+        m = _HEAD.match(line)
         if m:
             if len(ranges) == MAX_RANGES:
                 raise ValueError(f"more than {MAX_RANGES} ranges in the I/O map")
+            rest = line[m.end():]
+            tail = _TAIL_REVERSED.match(rest[::-1])
+            name, owner = rest[:len(rest) - tail.end()], tail["owner"][::-1]
             ranges.append((int(m["start"], 16), int(m["end"], 16), int(m["prio"]),
-                           device_name(m["name"], m["owner"])))
+                           device_name(name, owner)))
     if not ranges:
         raise ValueError("no I/O address space in the monitor's answer")
     return IoMap(resolve(ranges))

@@ -135,3 +135,17 @@ def test_overlaps_resolved_by_priority_then_size_then_order():
                          (50, 59, 0, "first"), (50, 59, 0, "second"), (200, 210, 0, "lone")])
     assert got == [(0, 9, "big"), (10, 14, "small"), (15, 30, "high"), (31, 49, "big"),
                    (50, 59, "first"), (60, 99, "big"), (200, 210, "lone")]
+
+
+@pytest.mark.parametrize("rest,name", [
+    ("io @0000000000000010 parent:{obj path=/m}", mtree.UNASSIGNED),
+    ("virtio-pci owner:{dev id=d} parent:{obj path=/m}", "virtio-pci d"),
+    ("a owner:{dev id=x} junk owner:{dev id=y}", "a owner:{dev id=x} junk y"),   # the last groups own it
+    ("a" + " owner:{}" * 100000 + " x", "a" + " owner:{}" * 100000 + " x"),     # no tail: all name
+    ("rtc @0000000000000001 orphan", "rtc"),
+])
+def test_region_and_owner_from_the_end_of_a_line(rest, name):
+    # The tail (" @offset", owner/parent groups, " orphan") is read from the
+    # end; a line of many groups and no tail (hostile) is all name.
+    text = 'FlatView #0\n AS "I/O", root: io\n  0000000000000010-000000000000001f (prio 0, i/o): ' + rest
+    assert mtree.parse(text).lookup(0x10) == name
