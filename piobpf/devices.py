@@ -12,10 +12,17 @@ moved a BAR (it wrote PCI configuration data, ports 0xcfc-0xcff) and every
 REFRESH seconds (configuration through MMIO is not seen here), never more
 often than every MIN_GAP seconds. A VM is a process (a Proc), so a map is
 never taken for that of a new process with a recycled pid.
+
+Whatever a monitor answers is its VM's trouble only: a failed read is one
+line on stderr (the first of a run of failures), its ports keep the fallback
+names, and it is asked again only after a backoff that doubles up to REFRESH,
+so a hostile or broken monitor cannot keep the workers from other VMs.
 """
 
+import hashlib
 import os
 import queue
+import sys
 import threading
 import time
 
@@ -27,6 +34,7 @@ TIMEOUT = 1.0       # seconds one monitor query may take
 MIN_GAP = 1.0       # seconds between two reads of one VM's map, at least
 REFRESH = 30.0      # seconds after which a map is read again anyway
 WORKERS = 4         # maps read at once
+BACKOFF = 2.0       # seconds before a VM whose read failed is asked again; doubles
 CONFIG_DATA = range(0xCFC, 0xD00)
 CONFIG_WRITES = tuple((WRITE, port) for port in CONFIG_DATA)   # the keys worth a look
 VARIES = "varies: "
@@ -41,6 +49,10 @@ class Vm:
         self.asked_at = None    # when the last read was queued
         self.writes = 0         # configuration writes counted when it was queued
         self.busy = False       # a read queued or under way
+        self.failures = 0       # reads failed in a row
+        self.retry_at = 0.0     # not asked again before (the backoff after a failure)
+        self.answer = None      # digest of the last answer parsed,
+        self.refused = None     # and why it gave no map (None: it gave `map`)
 
 
 class VmmMaps:
@@ -51,6 +63,7 @@ class VmmMaps:
         self.vms = {}           # Proc -> Vm; kept after exit until forgotten, to name its ports
         self._known = set()     # every Proc looked at, VMM or not, while its pid runs
         self._queue = queue.SimpleQueue()
+        self._reports = queue.SimpleQueue()     # lines for stderr, printed by scan()
         for _ in range(WORKERS):
             # Daemon threads: a query stuck in a hung monitor never delays exit.
             threading.Thread(target=self._work, daemon=True, name="piobpf-vmm").start()
@@ -59,6 +72,7 @@ class VmmMaps:
     def scan(self):
         """Look at processes new since the last scan; queue reads of VMMs' maps.
         Returns the VMMs whose process has exited since."""
+        self._report()
         pids = set(self._pids or {int(d) for d in os.listdir(self._proc) if d.isdigit()})
         for pid in pids - {p.pid for p in self._known}:
             p = names.process(pid, self._proc)
@@ -98,7 +112,8 @@ class VmmMaps:
         now = self._clock()
         for vm in self.vms.values():
             count = writes.get(vm.proc, 0) if per_vm else total
-            if vm.busy or now - vm.asked_at < MIN_GAP or vm.proc not in self._known:
+            if (vm.busy or now - vm.asked_at < MIN_GAP or now < vm.retry_at
+                    or vm.proc not in self._known):
                 continue
             if count != vm.writes or now - vm.asked_at >= REFRESH:
                 self._ask(vm, count)
@@ -111,10 +126,49 @@ class VmmMaps:
         while True:
             vm = self._queue.get()
             try:
-                vm.map = mtree.parse(monitor.ask(vm.monitor, vm.proc.pid, self._timeout))
-            except (monitor.MonitorError, ValueError):
-                pass    # the fallback names its ports; the next trigger tries again
-            vm.busy = False
+                self._read(vm)
+            except Exception as e:      # noqa: BLE001 -- a worker outlives any one VM
+                self._failed(vm, f"{type(e).__name__}: {e}")
+            finally:
+                vm.busy = False
+
+    def _read(self, vm):
+        try:
+            answer = monitor.ask(vm.monitor, vm.proc.pid, self._timeout)
+            # An unchanged answer (most re-reads) keeps its outcome: no parse.
+            digest = hashlib.sha256(answer.encode(errors="replace")).digest()
+            if digest != vm.answer:
+                vm.answer, vm.refused = digest, None
+                try:
+                    vm.map = mtree.parse(answer)
+                except ValueError as e:
+                    vm.refused = str(e)
+            if vm.refused:
+                raise ValueError(vm.refused)
+        except (monitor.MonitorError, ValueError) as e:
+            self._failed(vm, str(e))
+            return
+        vm.failures, vm.retry_at = 0, 0.0
+
+    def _failed(self, vm, why):
+        """The fallback names its ports (or the last good map); ask again later."""
+        vm.failures += 1
+        vm.retry_at = self._clock() + min(REFRESH, BACKOFF * 2 ** (vm.failures - 1))
+        if vm.failures == 1:
+            m = vm.monitor
+            then = "its ports keep their last names" if vm.map else \
+                "its ports are named from the ioports table"
+            self._reports.put(f"piobpf: pid {vm.proc.pid}: no device map from its monitor "
+                              f"({m.protocol} {monitor.plain(m.address)}): "
+                              f"{monitor.plain(why)}; {then}")
+
+    def _report(self):
+        while True:
+            try:
+                line = self._reports.get_nowait()
+            except queue.Empty:
+                return
+            print(line, file=sys.stderr, flush=True)
 
     def map_of(self, proc):
         vm = self.vms.get(proc)

@@ -1,6 +1,7 @@
 """A tiny real-mode KVM guest that does scripted port I/O (tests and demo).
 
 USAGE: python3 -m piobpf.guest [--irqchip] [--thread-name NAME] [-name NAME]
+                                [-qmp SPEC] [-monitor SPEC]
                                 [--wait] [--hold] [--abrupt] [--forever]
                                 [--delay PORT:US]
                                 OP [OP ...] [+ OP ...]
@@ -12,8 +13,9 @@ the instruction is `rep ins`/`rep outs` of STRCOUNT elements instead of a
 plain in/out: `rep ins` makes one kvm_pio event of count STRCOUNT, `rep outs`
 makes STRCOUNT events of count 1. A `+` starts the ops of another vCPU:
 each vCPU runs in its own thread, named by --thread-name with {i} replaced
-by the vCPU's index (QEMU's threads are `CPU {i}/KVM`). `-name` is ignored,
-but shows in the process's command line as QEMU's does.
+by the vCPU's index (QEMU's threads are `CPU {i}/KVM`). `-name`, `-qmp` and
+`-monitor` are ignored, but show in the process's command line as QEMU's do:
+piobpf then asks whatever listens there (a test's fake monitor) for the map.
 
 Pure Python over the /dev/kvm ioctls: no compiler and no disk image. Ports
 that the kernel does not emulate exit to this process, which answers them,
@@ -233,6 +235,8 @@ def main(argv=None):
                         help="in-kernel PIC and PIT (ports 0x20/0x21/0xa0/0xa1/0x40-0x43)")
     parser.add_argument("--thread-name", help="vCPU thread name, {i} the index: 'CPU {i}/KVM'")
     parser.add_argument("-name", help="a VM name in the command line, like QEMU's -name")
+    parser.add_argument("-qmp", help="a QMP monitor in the command line (none is served)")
+    parser.add_argument("-monitor", help="an HMP monitor in the command line (none is served)")
     parser.add_argument("--wait", action="store_true",
                         help="print 'ready', start the ops after a line on stdin")
     parser.add_argument("--hold", action="store_true",

@@ -79,24 +79,55 @@ class _Conn:
         self.sock.close()
 
 
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number",
+               bool: "boolean", type(None): "null"}
+
+
+def _kind(value):
+    return f"a JSON {_JSON_TYPES.get(type(value), type(value).__name__)}"
+
+
+def plain(text, limit=200):
+    """A monitor's own words, fit for one line: printable, bounded."""
+    text = "".join(c if c.isprintable() else " " for c in str(text))
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
+def _json(conn):
+    """The next line as JSON; a monitor may send any JSON, so its shape is checked
+    by the caller, never assumed."""
+    try:
+        return json.loads(conn.until(b"\n"))
+    except RecursionError:      # nesting deeper than the parser goes
+        raise MonitorError("bad answer: JSON nested too deep") from None
+
+
 def _qmp_reply(conn):
     """The next reply (not an asynchronous event) from a QMP monitor."""
     while True:
-        msg = json.loads(conn.until(b"\n"))
+        msg = _json(conn)
+        if not isinstance(msg, dict):
+            raise MonitorError(f"bad answer: {_kind(msg)}, not an object")
         if "return" in msg:
             return msg["return"]
         if "error" in msg:
-            raise MonitorError(f"QMP error: {msg['error'].get('desc', msg['error'])}")
+            error = msg["error"]
+            desc = error.get("desc", error) if isinstance(error, dict) else error
+            raise MonitorError(f"QMP error: {plain(desc)}")
 
 
 def _ask_qmp(conn):
-    if "QMP" not in json.loads(conn.until(b"\n")):
+    greeting = _json(conn)
+    if not (isinstance(greeting, dict) and "QMP" in greeting):
         raise MonitorError("not a QMP greeting")
     conn.send(b'{"execute": "qmp_capabilities"}\n')
     _qmp_reply(conn)
     conn.send(json.dumps({"execute": "human-monitor-command",
                           "arguments": {"command-line": QUERY}}).encode() + b"\n")
-    return _qmp_reply(conn)
+    answer = _qmp_reply(conn)
+    if not isinstance(answer, str):
+        raise MonitorError(f"bad answer: {_kind(answer)}, not the map's text")
+    return answer
 
 
 def _ask_hmp(conn):
@@ -118,7 +149,7 @@ def _ask_libvirt(domain, timeout):
         raise MonitorError("no answer in time from libvirt") from None
     if out.returncode:
         lines = (out.stderr.strip() or "virsh failed").splitlines()
-        raise MonitorError(lines[0])
+        raise MonitorError(plain(lines[0]))
     return out.stdout
 
 
@@ -136,6 +167,6 @@ def ask(monitor, pid, timeout):
     try:
         return _ask_qmp(conn) if monitor.protocol == "qmp" else _ask_hmp(conn)
     except (ValueError, OSError) as e:   # not JSON, a reset connection
-        raise MonitorError(f"bad answer: {e}") from None
+        raise MonitorError(f"bad answer: {plain(e)}") from None
     finally:
         conn.close()

@@ -17,16 +17,22 @@ region (`io @...`) are ports no device claims: QEMU's "unassigned" I/O.
 """
 
 import bisect
+import heapq
 import re
 
 UNASSIGNED = "unassigned"
+# A real I/O map has tens of ranges; a monitor answering more is not a VM's
+# device model worth the CPU (the 64 KiB port space, one port per range).
+MAX_RANGES = 65536
 
 # QEMU's mtree_print_flatview: range, priority and type, the region's name,
 # " @offset" into the region, then (with -o) " owner:{...}" and/or
-# " parent:{...}", or " orphan".
-_RANGE = re.compile(r"^\s*(?P<start>[0-9a-fA-F]+)-(?P<end>[0-9a-fA-F]+) \(prio (?P<prio>-?\d+), [^)]*\): "
-                    r"(?P<name>.*?)(?: @[0-9a-fA-F]+)?"
-                    r"(?P<owner>(?: (?:owner|parent):\{[^}]*\})*)(?: orphan)?\s*$")
+# " parent:{...}", or " orphan". The tail is matched on the reversed text: a
+# lazy name before a repeated group backtracks quadratically on a hostile
+# line (4 s for 72 KB); anchored and reversed, each character is looked at
+# a bounded number of times.
+_HEAD = re.compile(r"\s*(?P<start>[0-9a-fA-F]+)-(?P<end>[0-9a-fA-F]+) \(prio (?P<prio>-?\d+), [^)]*\): ")
+_TAIL_REVERSED = re.compile(r"\s*(?:nahpro )?(?P<owner>(?:\}[^}]*\{:(?:renwo|tnerap) )*)(?:[0-9a-fA-F]+@ )?")
 _ID = re.compile(r"owner:\{\s*(?:dev\s+)?id=(?P<id>[^}\s]+)\}")   # older QEMU: "{ id=X}"
 
 
@@ -72,14 +78,24 @@ def io_lines(text):
 def resolve(ranges):
     """Disjoint (start, end, name) from (start, end, prio, name) that may overlap:
     on each port the highest priority wins, then the smallest range, as in
-    QEMU's own flat view (which is already disjoint: then this changes nothing)."""
+    QEMU's own flat view (which is already disjoint: then this changes nothing).
+
+    A sweep over the cuts, in n log n: the ranges covering the current piece
+    sit in a heap, best first; one that has ended is dropped when it surfaces."""
+    by_start = sorted(enumerate(ranges), key=lambda e: e[1][0])
     cuts = sorted({r[0] for r in ranges} | {r[1] + 1 for r in ranges})
-    out = []
+    out, live, i = [], [], 0
     for start, nxt in zip(cuts, cuts[1:]):
-        over = [r for r in ranges if r[0] <= start and nxt - 1 <= r[1]]
-        if not over:
+        while i < len(by_start) and by_start[i][1][0] <= start:
+            n, r = by_start[i]
+            # Best: highest prio, then smallest, then first in the answer.
+            heapq.heappush(live, (-r[2], r[1] - r[0], n, r[1], r[3]))
+            i += 1
+        while live and live[0][3] < start:
+            heapq.heappop(live)
+        if not live:
             continue
-        name = max(over, key=lambda r: (r[2], r[0] - r[1]))[3]
+        name = live[0][4]
         if out and out[-1][1] == start - 1 and out[-1][2] == name:
             out[-1] = (out[-1][0], nxt - 1, name)
         else:
@@ -91,10 +107,15 @@ def parse(text):
     """The I/O map in `info mtree -f [-o]` text; ValueError when there is none."""
     ranges = []
     for line in io_lines(text):
-        m = _RANGE.match(line)
+        m = _HEAD.match(line)
         if m:
+            if len(ranges) == MAX_RANGES:
+                raise ValueError(f"more than {MAX_RANGES} ranges in the I/O map")
+            rest = line[m.end():]
+            tail = _TAIL_REVERSED.match(rest[::-1])
+            name, owner = rest[:len(rest) - tail.end()], tail["owner"][::-1]
             ranges.append((int(m["start"], 16), int(m["end"], 16), int(m["prio"]),
-                           device_name(m["name"], m["owner"])))
+                           device_name(name, owner)))
     if not ranges:
         raise ValueError("no I/O address space in the monitor's answer")
     return IoMap(resolve(ranges))

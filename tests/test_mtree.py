@@ -102,3 +102,50 @@ def test_firmware_vm_bars_where_its_firmware_put_them():
     m = mtree.parse((FIXTURES / "mtree-firmware.txt").read_text())
     assert (m.lookup(0xc000), m.lookup(0xd03f), m.lookup(0xd040)) == (
         "virtio-pci net0", "e1000-io nic1", mtree.UNASSIGNED)
+
+
+def one_port_ranges(n, first=0):
+    """An answer of n one-port ranges from port `first`, each its own device, in
+    the format of the fixtures (\\r\\n, owner with an id)."""
+    lines = ["FlatView #0", ' AS "I/O", root: io', " Root memory region: io"]
+    lines += [f"  {p:016x}-{p:016x} (prio 0, i/o): dev{p:x} owner:{{dev id=d{p:x}}}"
+              for p in range(first, first + n)]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def test_a_map_of_every_port_in_its_own_range():
+    # 65,536 ranges: the bound, and every port of the space.
+    m = mtree.parse(one_port_ranges(mtree.MAX_RANGES))
+    assert len(m) == 65536
+    for port in (0, 1, 0x92, 0xcf8, 0xc000, 0xfffe, 0xffff):
+        assert m.lookup(port) == f"dev{port:x} d{port:x}"
+
+
+def test_a_map_over_the_bound_is_refused():
+    # One more range than the bound (past the port space: the parser reads
+    # 64-bit addresses as QEMU prints them).
+    with pytest.raises(ValueError, match="more than 65536 ranges"):
+        mtree.parse(one_port_ranges(mtree.MAX_RANGES + 1))
+
+
+def test_overlaps_resolved_by_priority_then_size_then_order():
+    # resolve() gets overlapping ranges only from a non-flat view; the rule:
+    # highest prio, then the smallest range, then the first given.
+    got = mtree.resolve([(0, 99, 0, "big"), (10, 19, 0, "small"), (15, 30, 1, "high"),
+                         (50, 59, 0, "first"), (50, 59, 0, "second"), (200, 210, 0, "lone")])
+    assert got == [(0, 9, "big"), (10, 14, "small"), (15, 30, "high"), (31, 49, "big"),
+                   (50, 59, "first"), (60, 99, "big"), (200, 210, "lone")]
+
+
+@pytest.mark.parametrize("rest,name", [
+    ("io @0000000000000010 parent:{obj path=/m}", mtree.UNASSIGNED),
+    ("virtio-pci owner:{dev id=d} parent:{obj path=/m}", "virtio-pci d"),
+    ("a owner:{dev id=x} junk owner:{dev id=y}", "a owner:{dev id=x} junk y"),   # the last groups own it
+    ("a" + " owner:{}" * 100000 + " x", "a" + " owner:{}" * 100000 + " x"),     # no tail: all name
+    ("rtc @0000000000000001 orphan", "rtc"),
+])
+def test_region_and_owner_from_the_end_of_a_line(rest, name):
+    # The tail (" @offset", owner/parent groups, " orphan") is read from the
+    # end; a line of many groups and no tail (hostile) is all name.
+    text = 'FlatView #0\n AS "I/O", root: io\n  0000000000000010-000000000000001f (prio 0, i/o): ' + rest
+    assert mtree.parse(text).lookup(0x10) == name
