@@ -23,6 +23,7 @@ EXAMPLES = """examples:
     piobpf --device-map host  # name ports from /proc/ioports only, ask no VM
     piobpf --ioports guest-ioports.txt   # ... or from the guest's ioports
     piobpf --prometheus 0.0.0.0:9435 --by vm   # serve /metrics on all interfaces
+    piobpf --prometheus 0.0.0.0:9435 --web.config.file web.yml   # ... over TLS, with auth
     perf script | piobpf --from-perf -    # count a perf capture, no root needed
     piobpf --compare pio_stat piobpf.json  # do perf and piobpf agree? (exit 0)
 """
@@ -150,6 +151,10 @@ def parse_args(argv):
                    help="a full-screen view refreshed in place, busiest ports first (keys: "
                         "q quit, s sort, p pause, r reset, g filter); the whole run's "
                         "table is printed at the end")
+    p.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
+                   help="with --prometheus: TLS, client certificates and basic auth, from "
+                        "a YAML file in the Prometheus exporter-toolkit's format (as "
+                        "node_exporter's); read once at start")
     p.add_argument("--retention", type=positive(float), metavar="SECONDS",
                    help=f"with --prometheus: serve an exited VM's final counts this long, "
                         f"then end its series (default {DEFAULT_RETENTION:g})")
@@ -187,6 +192,8 @@ def parse_args(argv):
         p.error("--retention is for --prometheus: a printed run shows an exited VM's "
                 "counts to its end")
     args.retention = args.retention or DEFAULT_RETENTION
+    if args.web_config_file and not args.prometheus:
+        p.error("--web.config.file is for --prometheus")
     if args.map_size > 1 << 24:
         p.error(f"--map-size: at most {1 << 24}")
     if args.by == "port" and args.map_size != DEFAULT_MAX_ENTRIES:

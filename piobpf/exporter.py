@@ -141,15 +141,16 @@ def where(host, port):
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def listen(host, port, collector):
-    """A server of the collector's metrics, bound to host:port (not yet serving).
+def listen(host, port, collector, web=None):
+    """A server of the collector's metrics, bound to host:port (not yet serving);
+    `web`: its webconfig.WebConfig, if any.
 
     Our own server, not prometheus_client's start_http_server: that one
     (0.16) is wsgiref's, a thread per connection, and cannot be shut down."""
     registry = CollectorRegistry()   # only ours, not the default process metrics
     registry.register(collector)
     try:
-        return httpserver.Server(host, port, registry)
+        return httpserver.Server(host, port, registry, web=web)
     except OSError as e:
         hint = " (not an address of this host)" if e.errno == errno.EADDRNOTAVAIL else ""
         raise CliError(f"cannot listen on {where(host, port)}: {e.strerror}{hint}") from None

@@ -24,6 +24,16 @@ few reads, not one each (piobpf's reads a whole kernel map: 45-80 ms).
   accepted and closed as fast as they come, and a scrape queued behind a
   flood of idle connections waits about `grace`, not one `grace` per
   `max_connections` of them.
+
+With a web config (webconfig.WebConfig), connections are TLS and requests
+may need basic auth, under the same rules:
+- A TLS handshake is stepped in the selector, never waited for: a client
+  that connects and never says hello holds a slot only as an idle one does.
+  Plain HTTP to the TLS port gets a 400 that says so, never metrics.
+- A request with credentials not seen before is checked with bcrypt in one
+  worker thread (some 70 ms each): the selector serves on meanwhile, and a
+  scraper whose credentials passed once is served without bcrypt, however
+  many wrong ones others send.
 """
 
 import gzip
@@ -31,10 +41,12 @@ import operator
 import re
 import selectors
 import socket
+import ssl
 import struct
 import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 from http import HTTPStatus
 
@@ -50,13 +62,18 @@ END_OF_HEAD = re.compile(rb"\n\r?\n")
 # struct tcp_info's tcpi_last_data_recv: ms since the last data came, or since
 # the handshake when none has.
 TCPI_LAST_DATA_RECV = struct.Struct("=52xI")
+TLS_HANDSHAKE = b"\x16"   # the first byte of a ClientHello's record
+NOT_TLS = b"Client sent an HTTP request to an HTTPS server.\n"    # Go's words
+WANT = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 class Connection:
-    __slots__ = ("sock", "born", "head", "out")
+    __slots__ = ("sock", "born", "head", "out", "shaking", "waiting")
 
-    def __init__(self, sock, born):
+    def __init__(self, sock, born, shaking=False):
         self.sock, self.born, self.head, self.out = sock, born, b"", None
+        self.shaking = shaking    # TLS: the handshake is not done
+        self.waiting = False      # its credentials are being checked
 
 
 def response(code, headers, body, head_only=False):
@@ -66,22 +83,36 @@ def response(code, headers, body, head_only=False):
     return "\r\n".join(lines).encode("latin-1") + (b"" if head_only else body)
 
 
-def plain(code, headers=()):
+def plain(code, headers=(), body=None):
     """The status, headers and body of an error."""
     return (code, [("Content-Type", "text/plain; charset=utf-8"), *headers],
-            f"{code} {HTTPStatus(code).phrase}\n".encode())
+            body or f"{code} {HTTPStatus(code).phrase}\n".encode())
+
+
+def header_fields(head):
+    """{lower-case name: value} of a request head, repeated fields joined by commas."""
+    fields = {}
+    for field in head.decode("latin-1").split("\n")[1:]:
+        name, _, value = field.partition(":")
+        name, value = name.strip().lower(), value.strip()
+        fields[name] = f"{fields[name]},{value}" if name in fields else value
+    return fields
 
 
 class Server:
     """Serves `registry` at http://host:port/metrics while serve_forever() runs.
 
     Bound and listening once made (OSError if it cannot be); its sockets are
-    closed on leaving it as a context manager."""
+    closed on leaving it as a context manager. `web`: a webconfig.WebConfig
+    (TLS, basic auth, headers), None for plain HTTP open to all."""
 
     def __init__(self, host, port, registry, timeout=TIMEOUT, grace=GRACE,
-                 max_connections=MAX_CONNECTIONS):
+                 max_connections=MAX_CONNECTIONS, web=None):
         self.registry, self.timeout, self.grace = registry, timeout, grace
         self.max_connections = max_connections
+        self.tls = web.context if web else None
+        self.auth = web.auth if web else None
+        self.headers = web.headers if web else []
         self.socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         try:
             # A restart right after a stop finds the port in TIME_WAIT.
@@ -94,12 +125,15 @@ class Server:
         self.socket.setblocking(False)
         self.address = self.socket.getsockname()[:2]
         self._wake, self._waker = socket.socketpair()
+        self._wake.setblocking(False)
         self._lock = threading.Lock()
         self._stopping = False
         self._idle = threading.Event()
         self._idle.set()
         self._conns = set()
         self._scrapes = []    # (connection, Accept, Accept-Encoding, HEAD?) this round
+        self._checked = []    # (connection, method, path, fields, future) of bcrypt checks
+        self._checker = None
         self._selector = None
 
     def __enter__(self):
@@ -126,6 +160,8 @@ class Server:
             self._idle.clear()
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake, selectors.EVENT_READ)
+        if self.auth:
+            self._checker = ThreadPoolExecutor(1, "piobpf-bcrypt")
         listening = False
         try:
             while not self._stopping:
@@ -145,8 +181,13 @@ class Server:
                 for key, events in self._selector.select(wait):
                     if key.fileobj is self.socket:
                         self._accept()
+                    elif key.fileobj is self._wake:
+                        self._wake.recv(4096)
+                        self._answer_checked()
                     elif key.data in self._conns:    # not closed by an earlier event
-                        if events & selectors.EVENT_READ:
+                        if key.data.shaking:
+                            self._handshake(key.data)
+                        elif events & selectors.EVENT_READ:
                             self._read(key.data)
                         else:
                             self._write(key.data)
@@ -154,6 +195,8 @@ class Server:
         finally:
             for conn in list(self._conns):
                 self._close(conn)
+            if self._checker:
+                self._checker.shutdown(wait=False, cancel_futures=True)
             self._selector.close()
             self._idle.set()
 
@@ -178,24 +221,77 @@ class Server:
             sock.setblocking(False)
             quiet, = TCPI_LAST_DATA_RECV.unpack(
                 sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCPI_LAST_DATA_RECV.size))
-            conn = Connection(sock, time.monotonic() - quiet / 1000)
+            conn = Connection(sock, time.monotonic() - quiet / 1000, shaking=bool(self.tls))
             self._conns.add(conn)
             self._selector.register(sock, selectors.EVENT_READ, conn)
-            self._read(conn)     # a request that came with the connection
+            # A request (or ClientHello) that came with the connection.
+            if conn.shaking:
+                self._handshake(conn)
+            else:
+                self._read(conn)
             if len(self._conns) > self.max_connections:
                 self._serve_scrapes()   # answered, they close: room without closing anyone
             if len(self._conns) > self.max_connections:
                 self._close(self._oldest())
 
-    def _read(self, conn):
+    def _handshake(self, conn):
+        """One step of a TLS handshake, as far as the client's bytes allow."""
+        if not isinstance(conn.sock, ssl.SSLSocket):
+            try:
+                first = conn.sock.recv(1, socket.MSG_PEEK)
+            except BlockingIOError:
+                return
+            except OSError:
+                first = b""
+            if not first:
+                self._close(conn)
+                return
+            if first != TLS_HANDSHAKE:
+                conn.shaking = False
+                self._recv(conn)    # read, so that closing does not reset the answer
+                self._send(conn, self._response(*plain(400, body=NOT_TLS)))
+                return
+            self._selector.unregister(conn.sock)
+            conn.sock = self.tls.wrap_socket(conn.sock, server_side=True,
+                                             do_handshake_on_connect=False)
+            self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+        try:
+            conn.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
+            return
+        except ssl.SSLWantWriteError:
+            self._selector.modify(conn.sock, selectors.EVENT_WRITE, conn)
+            return
+        except OSError:         # not TLS, no or a bad client certificate, or gone
+            self._close(conn)
+            return
+        conn.shaking = False
+        self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
+        self._read(conn)
+
+    def _recv(self, conn):
+        """What the client sent since the last call; b"" when it left."""
         try:
             data = conn.sock.recv(MAX_HEAD)
-        except BlockingIOError:
-            return
+            # TLS may have decrypted more than one record: the selector would
+            # not say so, as those bytes have left the socket.
+            while isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending():
+                data += conn.sock.recv(MAX_HEAD)
+        except WANT:
+            return None
         except OSError:
-            data = b""
+            return b""
+        return data
+
+    def _read(self, conn):
+        data = self._recv(conn)
+        if data is None:
+            return
         if not data:            # the client left
             self._close(conn)
+            return
+        if conn.waiting:        # more after a whole request: not read
             return
         conn.head += data
         line, newline, _ = conn.head.partition(b"\n")
@@ -203,27 +299,50 @@ class Server:
         end = END_OF_HEAD.search(conn.head)
         if newline and (len(words) != 3 or not words[2].startswith(b"HTTP/1.")):
             # HTTP/0.9 too ("GET /metrics", no headers): a 400, as Go's net/http.
-            self._send(conn, response(*plain(400)))
+            self._send(conn, self._response(*plain(400)))
         elif end:
             self._route(conn, words[0], words[1].partition(b"?")[0], conn.head[:end.start()])
         elif len(conn.head) > MAX_HEAD:
-            self._send(conn, response(*plain(431)))
+            self._send(conn, self._response(*plain(431)))
 
     def _route(self, conn, method, path, head):
-        head_only = method == b"HEAD"
-        if path not in (b"/metrics", b"/"):
-            self._send(conn, response(*plain(404), head_only))
-        elif method not in (b"GET", b"HEAD"):
-            self._send(conn, response(*plain(405, [("Allow", "GET, HEAD")])))
-        elif path == b"/":
-            self._send(conn, response(200, [("Content-Type", "text/html; charset=utf-8")],
-                                      INDEX, head_only))
+        fields = header_fields(head)
+        passed = self.auth.quick(fields.get("authorization")) if self.auth else True
+        if passed is None:
+            conn.waiting = True
+            future = self._checker.submit(self.auth.check, fields.get("authorization"))
+            future.add_done_callback(lambda f: self._checked_one(conn, method, path, fields, f))
         else:
-            fields = {}
-            for field in head.decode("latin-1").split("\n")[1:]:
-                name, _, value = field.partition(":")
-                name, value = name.strip().lower(), value.strip()
-                fields[name] = f"{fields[name]},{value}" if name in fields else value
+            self._dispatch(conn, method, path, fields, passed)
+
+    def _checked_one(self, *checked):
+        """In the checker's thread: hand the result to the selector's."""
+        self._checked.append(checked)
+        try:
+            self._waker.send(b"\0")
+        except OSError:         # closed: the server is gone
+            pass
+
+    def _answer_checked(self):
+        while self._checked:
+            conn, method, path, fields, future = self._checked.pop(0)
+            if conn in self._conns and not future.cancelled():
+                conn.waiting = False
+                self._dispatch(conn, method, path, fields, future.result())
+
+    def _dispatch(self, conn, method, path, fields, passed):
+        head_only = method == b"HEAD"
+        if not passed:
+            self._send(conn, self._response(*plain(401, [("WWW-Authenticate",
+                                                          'Basic realm="piobpf"')]), head_only))
+        elif path not in (b"/metrics", b"/"):
+            self._send(conn, self._response(*plain(404), head_only))
+        elif method not in (b"GET", b"HEAD"):
+            self._send(conn, self._response(*plain(405, [("Allow", "GET, HEAD")])))
+        elif path == b"/":
+            self._send(conn, self._response(200, [("Content-Type", "text/html; charset=utf-8")],
+                                            INDEX, head_only))
+        else:
             self._scrapes.append((conn, fields.get("accept"), fields.get("accept-encoding"),
                                   head_only))
 
@@ -235,7 +354,7 @@ class Server:
             if (content_type, zipped) not in answers:
                 answers[content_type, zipped] = self._render(encoder, content_type, zipped)
             if conn in self._conns:     # not closed to make room meanwhile
-                self._send(conn, response(*answers[content_type, zipped], head_only))
+                self._send(conn, self._response(*answers[content_type, zipped], head_only))
         self._scrapes.clear()
 
     def _render(self, encoder, content_type, zipped):
@@ -251,6 +370,9 @@ class Server:
             headers.append(("Content-Encoding", "gzip"))
         return 200, headers, body
 
+    def _response(self, code, headers, body, head_only=False):
+        return response(code, [*headers, *self.headers], body, head_only)
+
     def _send(self, conn, out):
         conn.out = memoryview(out)
         self._selector.modify(conn.sock, selectors.EVENT_WRITE, conn)
@@ -258,8 +380,10 @@ class Server:
 
     def _write(self, conn):
         try:
+            # TLS: a send that wants more is retried with the same bytes, as
+            # OpenSSL requires; it then sends them all.
             conn.out = conn.out[conn.sock.send(conn.out):]
-        except BlockingIOError:
+        except WANT:
             return
         except OSError:
             conn.out = b""

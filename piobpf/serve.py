@@ -9,16 +9,24 @@ from .session import Session, describe
 
 
 def run(args):
-    """Serve until SIGINT/SIGTERM, then stop serving, then detach the program."""
+    """Serve until SIGINT/SIGTERM/SIGHUP, then stop serving, then detach the program.
+
+    A web config is read before the program loads, so that a bad one costs
+    nothing; SIGHUP ends the run as it does any other (a closed ssh session):
+    a changed web config takes effect at the next start."""
     host, port = args.prometheus
+    web = None
+    if args.web_config_file:
+        from . import webconfig   # bcrypt and yaml are needed only here
+        web = webconfig.load(args.web_config_file)
     with contextlib.ExitStack() as undo:   # undone in reverse: server, collector, session
         session = undo.enter_context(Session(args))
         collector = PioCollector(session, args.retention)
         undo.callback(collector.close)
-        server = undo.enter_context(listen(host, port, collector))
+        server = undo.enter_context(listen(host, port, collector, web))
         threading.Thread(target=server.serve_forever, daemon=True).start()
         try:
-            url = f"http://{where(host, port)}/metrics"
+            url = f"{web.scheme if web else 'http'}://{where(host, port)}/metrics"
             print(f"Serving {describe(args)} at {url}... Ctrl-C to end.",
                   file=sys.stderr, flush=True)
             ticks = session.naming.ticks or bool(session.doorbells)

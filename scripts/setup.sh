@@ -16,8 +16,10 @@ export DEBIAN_FRONTEND=noninteractive
 # BCC's Python bindings come from the distribution (python3-bpfcc, for
 # /usr/bin/python3). The PyPI package named "bcc" is unrelated: never pip it.
 # tmux: tests/test_live.py drives --live through a real terminal.
+# python3-bcrypt, python3-yaml: --prometheus's --web.config.file.
 pkgs=(python3-bpfcc python3-tabulate python3-pytest python3-venv bpftool
-      python3-prometheus-client prometheus linux-perf bpftrace tmux
+      python3-prometheus-client python3-bcrypt python3-yaml prometheus linux-perf bpftrace tmux
+      curl openssl
       # QEMU (SeaBIOS comes as a dependency) for the tests' real VMs, and
       # libvirt (daemon, its QEMU driver, virsh) for their libvirt-managed VM.
       # Not libvirt-daemon-system: it would upgrade systemd and add iptables

@@ -226,3 +226,26 @@ def awk_pipeline(perf_text, tmp_path):
                          cwd=tmp_path, capture_output=True, text=True, check=True,
                          env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"})
     return out.stdout
+
+
+def make_certs(directory):
+    """Test certificates made by the openssl CLI in `directory` (a Path): a CA
+    (ca.crt), a server certificate of it for 127.0.0.1, ::1 and localhost
+    (server.crt, server.key), a client certificate of it (client.*), and one
+    of another CA (stranger.*). Returns {name: path string}."""
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    for ca in ("ca", "otherca"):
+        openssl("req", "-x509", *key, "-keyout", f"{ca}.key", "-out", f"{ca}.crt",
+                "-days", "2", "-subj", f"/CN=piobpf test {ca}")
+    for name, ca, ext in (("server", "ca", "subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost"),
+                          ("client", "ca", "extendedKeyUsage=clientAuth"),
+                          ("stranger", "otherca", "extendedKeyUsage=clientAuth")):
+        (directory / f"{name}.ext").write_text(ext + "\n")
+        openssl("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={name}")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+                "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt")
+    return {f"{n}.{kind}": str(directory / f"{n}.{kind}")
+            for n in ("ca", "server", "client", "stranger") for kind in ("crt", "key")}

@@ -8,7 +8,7 @@ from helpers import REPO
 ORDER = ["__init__", "errors", "snapshot", "kernel",
          "ioports", "mtree", "qemucmd", "names", "monitor", "devices", "naming",   # naming
          "report",                                                                 # rows
-         "formats", "printer", "httpserver", "exporter",                            # sinks
+         "formats", "printer", "webconfig", "httpserver", "exporter",              # sinks
          "perfscript", "results", "compare",          # saved results (--from-perf, --compare)
          "session",                                                                # the run
          "args", "serve", "live", "cli", "__main__",                               # front ends
