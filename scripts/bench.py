@@ -50,13 +50,14 @@ from pathlib import Path
 from tabulate import tabulate
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-# The repository's, not an installed copy.
-from piobpf import guest, perfrecord  # noqa: E402
-from piobpf.kernel import PioCounter  # noqa: E402
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+# The repository's, not an installed copy; the guest and perf helpers are the tests'.
+from tools import guest, perfrecord  # noqa: E402
+from piobpf.kernel.counter import PioCounter  # noqa: E402
 
 PY = "/usr/bin/python3"
 ENV = dict(os.environ, PYTHONPATH=str(REPO))
+GUEST = [PY, str(REPO / "tests" / "tools" / "guest.py")]
 FLOOR = "floor (empty BPF)"
 UNTRACED = "untraced"
 LATENCY = "piobpf --latency"
@@ -77,7 +78,7 @@ BPF_STATS_RUN_TIME = 0      # enum bpf_stats_type
 
 def guest_throughput(ops):
     """In-kernel port reads a second, as a guest process itself timed its vCPU."""
-    out = subprocess.run([PY, "-m", "piobpf.guest", "--irqchip", f"r:0x21:1:{ops}"],
+    out = subprocess.run([*GUEST, "--irqchip", f"r:0x21:1:{ops}"],
                          env=ENV, capture_output=True, text=True, check=True).stdout
     seconds = float(out.split("seconds=")[1])
     return ops / seconds
@@ -575,7 +576,7 @@ def full_map_read():
     """One read of a map holding all 131072 (direction, port) keys, seconds (median of 5)."""
     counter = PioCounter()
     try:
-        subprocess.run([PY, "-m", "piobpf.guest", "r:0-0xffff", "w:0-0xffff"], env=ENV,
+        subprocess.run([*GUEST, "r:0-0xffff", "w:0-0xffff"], env=ENV,
                        check=True, capture_output=True)
         times, keys = [], 0
         for _ in range(5):

@@ -8,7 +8,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 seconds=${1:-5}
 "$repo/scripts/setup.sh"
 
-guest() { PYTHONPATH="$repo" /usr/bin/python3 -m piobpf.guest --forever "$@" >/dev/null & }
+guest() { /usr/bin/python3 "$repo/tests/tools/guest.py" --forever "$@" >/dev/null & }
 out=$(mktemp)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -f "$out"' EXIT

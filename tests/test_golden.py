@@ -11,9 +11,12 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from helpers import REPO, fixed_naming, run_piobpf
-from piobpf import exporter, formats, names
-from piobpf.report import make_report
-from piobpf.snapshot import Counts, Proc, Snapshot, Times
+from piobpf.sinks import exporter
+from piobpf.sinks import formats
+from piobpf.naming import vms
+from piobpf.rows.report import make_report
+from piobpf.core.keys import Key, Proc
+from piobpf.core.snapshot import Counts, Snapshot, Times
 
 GOLDEN = REPO / "tests" / "golden"
 PERF = str(REPO / "tests" / "fixtures" / "perf-default.txt")
@@ -48,7 +51,7 @@ def naming_of(by, tmp_path):
         (d / "cmdline").write_bytes(b"qemu\0-name\0" + name.encode() + b"\0")
         (d / "stat").write_text(f"{p.pid} (qemu) S" + " 0" * 18 + f" {p.start}\n")
     comms = {(P1, 11): "CPU 0/KVM", (P1, 12): "CPU 1/KVM", (P2, 21): "worker"}
-    labeler = names.Labeler(by, comms, proc=str(tmp_path)) if by != "port" else None
+    labeler = vms.Labeler(by, comms, proc=str(tmp_path)) if by != "port" else None
     return fixed_naming({0x3fd: "serial", 0x70: "rtc0", 0x71: "rtc0"}, by, labeler)
 
 
@@ -58,12 +61,12 @@ def snapshot(by, latency):
     width = {"port": 2, "vm": 3, "vcpu": 4}[by]
     counts, times = {}, {}
     for d, port, events, nbytes, proc, tid in base:
-        key = (d, port, proc, tid)[:width]
+        key = Key(*(d, port, proc, tid)[:width])
         counts[key] = counts.get(key, Counts()) + Counts(events, nbytes)
         if latency and port != 0xcfc:
             times[key] = Times(9, 9 * 4500 + port, 9000 + port, HIST)
-    lost = {"too_long": 1, "no_room": 0, "open_at_start": 2, "open_at_end": 0}
-    return Snapshot(counts, 3, times, lost if latency else {})
+    untimed = {"too_long": 1, "no_room": 0, "open_at_start": 2, "open_at_end": 0}
+    return Snapshot(counts, 3, times, untimed if latency else {})
 
 
 MODES = [(by, latency) for by in ("port", "vm", "vcpu") for latency in (False, True)]

@@ -26,8 +26,11 @@ import sys
 import threading
 import time
 
-from . import monitor, mtree, names, qemucmd
-from .snapshot import WRITE
+from . import monitor
+from . import mtree
+from . import vms
+from . import qemucmd
+from ..core.keys import WRITE, Key
 
 VMM, IOPORTS_FILE, HOST_IOPORTS = "vmm", "ioports-file", "host-ioports"
 TIMEOUT = 1.0       # seconds one monitor query may take
@@ -36,7 +39,7 @@ REFRESH = 30.0      # seconds after which a map is read again anyway
 WORKERS = 4         # maps read at once
 BACKOFF = 2.0       # seconds before a VM whose read failed is asked again; doubles
 CONFIG_DATA = range(0xCFC, 0xD00)
-CONFIG_WRITES = tuple((WRITE, port) for port in CONFIG_DATA)   # the keys worth a look
+CONFIG_WRITES = tuple(Key(WRITE, port) for port in CONFIG_DATA)   # the keys worth a look
 VARIES = "varies: "
 
 
@@ -75,7 +78,7 @@ class VmmMaps:
         self._report()
         pids = set(self._pids or {int(d) for d in os.listdir(self._proc) if d.isdigit()})
         for pid in pids - {p.pid for p in self._known}:
-            p = names.process(pid, self._proc)
+            p = vms.process(pid, self._proc)
             if p:
                 self.see(p)
         # Forget exited processes, so that a VMM reusing a pid is still found.
@@ -88,9 +91,9 @@ class VmmMaps:
         if p in self._known:
             return
         self._known.add(p)
-        cmdline = names.read_proc(f"{self._proc}/{p.pid}/cmdline")
+        cmdline = vms.read_proc(f"{self._proc}/{p.pid}/cmdline")
         mon = cmdline and qemucmd.find_monitor(cmdline.decode(errors="replace").split("\0"))
-        if mon and names.start_time(p.pid, self._proc) == p.start:   # read of `p`
+        if mon and vms.start_time(p.pid, self._proc) == p.start:   # read of `p`
             self.vms[p] = vm = Vm(p, mon)
             self._ask(vm, 0)
 
@@ -99,15 +102,15 @@ class VmmMaps:
         for p in procs:
             self.vms.pop(p, None)
 
-    def learn(self, snapshot):
+    def refresh(self, snapshot):
         """Read again the maps that may have changed; `snapshot` holds the counts
         of configuration writes (per VM with --by vm|vcpu, else of all VMs)."""
         per_vm, writes, total = False, {}, 0
         for key, c in snapshot.counts.items():
-            if key[0] == WRITE and key[1] in CONFIG_DATA:
-                per_vm = len(key) > 2
+            if key.direction == WRITE and key.port in CONFIG_DATA:
+                per_vm = key.vm is not None
                 if per_vm:
-                    writes[key[2]] = writes.get(key[2], 0) + c.events
+                    writes[key.vm] = writes.get(key.vm, 0) + c.events
                 total += c.events
         now = self._clock()
         for vm in self.vms.values():

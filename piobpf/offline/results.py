@@ -7,7 +7,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from . import perfscript
-from .snapshot import Counts, Snapshot
+from ..core.keys import Key
+from ..core.snapshot import Counts, Snapshot
 
 
 @dataclass
@@ -55,7 +56,7 @@ def from_json(text):
                     raise ValueError(f"bad direction {reprlib.repr(r['direction'])}")
                 if not isinstance(r.get("device"), (str, type(None))):
                     raise ValueError(f"bad device {reprlib.repr(r['device'])}")
-                key = (r["direction"], _number(r, "port", 0xffff))
+                key = Key(r["direction"], _number(r, "port", 0xffff))
                 counts[key] += Counts(_number(r, "events"), _number(r, "bytes"))
                 if r.get("device"):
                     names[key[1]] = r["device"]

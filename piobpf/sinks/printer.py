@@ -5,8 +5,8 @@ import sys
 import time
 
 from . import formats
-from .errors import CliError, warn
-from .report import make_report
+from ..core.errors import CliError, warn
+from ..rows.report import make_report
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ import hashlib
 import re
 import ssl
 
-from .errors import CliError
+from ..core.errors import CliError
 
 try:
     import bcrypt

@@ -4,10 +4,18 @@ import argparse
 import ipaddress
 import sys
 
-from . import __version__, compare, formats, ioports, names
-from .errors import CliError
-from .kernel import ATTACH_MODES, BY_MODES, DEFAULT_MAX_ENTRIES, MAX_PIDS
-from .naming import DEVICE_MAPS
+from .. import __version__
+from ..offline import compare
+from ..sinks import formats
+from ..naming import ioports
+from ..naming import vms
+from ..core.errors import CliError
+from ..core.keys import MODES
+from ..kernel.counter import CounterConfig
+from ..kernel.preflight import ATTACH_MODES
+from ..kernel.program import DEFAULT_MAX_ENTRIES, MAX_PIDS
+from ..naming.names import DEVICE_MAPS, NamingConfig
+from ..run.session import RunConfig
 
 DEFAULT_RETENTION = 300.0   # seconds --prometheus serves an exited VM's final counts
 
@@ -69,7 +77,7 @@ def pid_list(text):
         if not part.strip().isdigit() or not 0 < int(part) < 2**22:
             raise argparse.ArgumentTypeError(f"not a PID: {part!r}")
         pid = int(part)
-        status = names.read_proc(f"/proc/{pid}/status")
+        status = vms.read_proc(f"/proc/{pid}/status")
         if status is None:
             raise argparse.ArgumentTypeError(f"no such process: {pid}")
         tgid = int(status.split(b"\nTgid:", 1)[1].split()[0])
@@ -136,7 +144,7 @@ def parse_args(argv):
                         "(default: /proc/ioports)")
     p.add_argument("--attach", choices=ATTACH_MODES, default="auto",
                    help="raw or classic tracepoint (default: raw when its layout checks out)")
-    p.add_argument("--by", choices=BY_MODES, default="port",
+    p.add_argument("--by", choices=tuple(MODES), default="port",
                    help="count per port (default), also per VM (VMM process) or per vCPU thread")
     p.add_argument("-p", "--pid", type=pid_list, metavar="PID[,PID...]",
                    help="trace only these VMM processes (filtered in the kernel)")
@@ -205,3 +213,12 @@ def parse_args(argv):
     return args
 
 
+def naming_config(args):
+    return NamingConfig(args.by, args.device_map, args.ioports, tuple(args.pid or ()))
+
+
+def run_config(args):
+    """The typed configuration of a tracing run, built once from the command line."""
+    counter = CounterConfig(args.by, tuple(args.pid or ()), args.latency, args.attach,
+                            args.map_size)
+    return RunConfig(counter, naming_config(args), args.duration, args.interval)

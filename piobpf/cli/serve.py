@@ -4,8 +4,10 @@ import contextlib
 import sys
 import threading
 
-from .exporter import PioCollector, listen, where
-from .session import Session, describe
+from ..sinks.exporter import PioCollector, listen, where
+from ..core.keys import describe
+from .args import run_config
+from ..run.session import Session
 
 
 def run(args):
@@ -17,17 +19,17 @@ def run(args):
     host, port = args.prometheus
     web = None
     if args.web_config_file:
-        from . import webconfig   # bcrypt and yaml are needed only here
+        from ..sinks import webconfig   # bcrypt and yaml are needed only here
         web = webconfig.load(args.web_config_file)
     with contextlib.ExitStack() as undo:   # undone in reverse: server, collector, session
-        session = undo.enter_context(Session(args))
+        session = undo.enter_context(Session(run_config(args)))
         collector = PioCollector(session, args.retention)
         undo.callback(collector.close)
         server = undo.enter_context(listen(host, port, collector, web))
         threading.Thread(target=server.serve_forever, daemon=True).start()
         try:
             url = f"{web.scheme if web else 'http'}://{where(host, port)}/metrics"
-            print(f"Serving {describe(args)} at {url}... Ctrl-C to end.",
+            print(f"Serving {describe(args.by, args.pid)} at {url}... Ctrl-C to end.",
                   file=sys.stderr, flush=True)
             ticks = session.naming.ticks or bool(session.doorbells)
             while not session.stopper.stopped:
@@ -36,7 +38,7 @@ def run(args):
                 # the retention, and every second a look finds new VMMs.
                 session.stopper.wait(1.0 if ticks else float("inf"), session.doorbells)
                 if ticks:
-                    collector.learn()
+                    collector.look()
         finally:
             server.shutdown()
     return 0

@@ -11,5 +11,9 @@ class CliError(Exception):
         self.status = status
 
 
+class TraceError(Exception):
+    """A reason tracing cannot start or go on, fit for one line on stderr."""
+
+
 def warn(message):
     print(f"piobpf: {message}", file=sys.stderr)

@@ -12,8 +12,9 @@ import threading
 import time
 from collections import defaultdict
 
-from .errors import CliError
-from .snapshot import Counts, Times
+from ..core.errors import CliError
+from ..core.keys import LABELS, MODES
+from ..core.snapshot import Counts, Times
 
 try:
     from prometheus_client import CollectorRegistry
@@ -26,16 +27,17 @@ except ImportError:
     raise CliError("--prometheus needs prometheus_client: apt-get install "
                    "python3-prometheus-client (or pip install prometheus-client)") from None
 
-LABELS = {"port": ["direction", "port", "device"],
-          "vm": ["direction", "port", "device", "vm", "pid"],
-          "vcpu": ["direction", "port", "device", "vm", "pid", "vcpu"]}
+
+
+def labels(by):
+    return LABELS + MODES[by].labels
 
 
 def label_values(key, naming):
-    """A key's label values, named as the printed rows are (naming.Naming);
+    """A key's label values, named as the printed rows are (names.Names);
     unknown names are empty strings."""
-    values = [key[0], f"{key[1]:#x}", naming.device(key)[0] or ""]
-    if len(key) > 2:
+    values = [key.direction, f"{key.port:#x}", naming.device(key)[0] or ""]
+    if key.vm is not None:
         fields = naming.labels(key)
         values += [fields["vm"] or "", str(fields["pid"])]
         if "tid" in fields:
@@ -54,7 +56,7 @@ def exit_seconds(times, by):
     family = HistogramMetricFamily(
         "piobpf_pio_exit_seconds", "How long port I/O exits keep the vCPU out of the guest: "
         "from the exit to user space to the VMM's next KVM_RUN (or kvm_exit to kvm_entry "
-        "where those fire)", labels=LABELS[by])
+        "where those fire)", labels=labels(by))
     for values, t in sorted(times.items()):
         cumulative, buckets = 0, []
         for slot, n in enumerate(t.hist):
@@ -77,9 +79,9 @@ def families(snapshot, naming, max_entries, by="port", entries=None, latency=Fal
     for key, t in snapshot.times.items():
         times[label_values(key, naming)] += t
     events = CounterMetricFamily("piobpf_pio_events", "kvm:kvm_pio events: guest port I/O "
-                                 "instructions that exit to the host", labels=LABELS[by])
+                                 "instructions that exit to the host", labels=labels(by))
     nbytes = CounterMetricFamily("piobpf_pio_bytes", "Bytes of those events: access size "
-                                 "times count", labels=LABELS[by])
+                                 "times count", labels=labels(by))
     for values, c in sorted(summed.items()):
         events.add_metric(values, c.events)
         nbytes.add_metric(values, c.bytes)
@@ -97,7 +99,7 @@ def families(snapshot, naming, max_entries, by="port", entries=None, latency=Fal
 
 class PioCollector(Collector):
     """Reads the counter at each scrape. Scrapes run in the server's threads
-    and `learn` in the main one: a lock keeps them from reading at once.
+    and `look` in the main one: a lock keeps them from reading at once.
 
     An exited VM's final counts are served `retention` seconds, then
     forgotten; not before a VM of the same pid and name is, as their labels
@@ -114,7 +116,7 @@ class PioCollector(Collector):
         s.sync()
         s.expire(time.monotonic() - self.retention, lambda p: (p.pid, s.naming.labeler.vm(p)))
 
-    def learn(self):
+    def look(self):
         """At a ring and each second: VMs that came and went, and the look of
         each second (new VMMs' maps)."""
         with self._lock:

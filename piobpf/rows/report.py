@@ -1,10 +1,11 @@
 """Turn a snapshot into sorted rows with device (and VM) names (pure: the
-names come from a naming.Naming or anything with its device and labels)."""
+names come from a names.Names or anything with its device and labels)."""
 
 from collections import defaultdict
 from dataclasses import dataclass
 
-from .snapshot import READ, Counts, Times
+from ..core.keys import READ
+from ..core.snapshot import Counts, Times
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Report:
     by: str = "port"
     latency: bool = False
     total_time_ns: int = 0      # over all rows, also those cut by `top`
-    lost: dict = None           # with latency: windows the kernel could not time, by reason
+    untimed: dict = None        # with latency: exits counted but not timed, by reason
 
     @property
     def rate(self):
@@ -59,7 +60,7 @@ def make_report(snapshot, duration_s, naming, top=None, by="port", sort="events"
     for key in snapshot.counts.keys() | snapshot.times.keys():
         c = snapshot.counts.get(key, Counts())
         times = snapshot.times.get(key, Times()) if latency else None
-        groups[key[2:]].append(Row(key[0], key[1], *naming.device(key), c.events, c.bytes,
+        groups[key.group].append(Row(key.direction, key.port, *naming.device(key), c.events, c.bytes,
                                    times, **naming.labels(key)))
     ordered = sorted(groups.values(), key=lambda g: (-sum(weight(r) for r in g), g[0].pid or 0,
                                                      g[0].tid or 0))
@@ -69,4 +70,4 @@ def make_report(snapshot, duration_s, naming, top=None, by="port", sort="events"
         rows.extend(group[:top] if top else group)
     return Report(duration_s, snapshot.total_events, snapshot.dropped, tuple(rows), by,
                   latency, sum(t.time_ns for t in snapshot.times.values()),
-                  snapshot.lost if latency else None)
+                  snapshot.untimed if latency else None)

@@ -7,15 +7,13 @@ from collections import Counter
 
 from tabulate import tabulate
 
-from .devices import HOST_IOPORTS, IOPORTS_FILE, VMM
-from .snapshot import READ
+from ..naming.devices import HOST_IOPORTS, IOPORTS_FILE, VMM
+from ..core.keys import MODES, READ
 
 FORMATS = ("table", "json", "csv", "seed")
 CSV_FIELDS = ["direction", "port", "device", "device_source", "events", "bytes"]
 # With --latency; hist_ns is "LOW:COUNT ..." for each filled log2 bucket.
 CSV_TIME_FIELDS = ["time_ns", "windows", "avg_ns", "max_ns", "hist_ns"]
-# Fields that --by adds to JSON rows and CSV columns.
-BY_FIELDS = {"port": [], "vm": ["pid", "vm"], "vcpu": ["pid", "vm", "tid", "thread", "vcpu"]}
 
 
 # Where DEVICE came from, for the table's footnote; marks for rows not named
@@ -57,12 +55,10 @@ def device_column(report):
 def _group_columns(report):
     """VM (and VCPU) columns; a cell is blank where it and those left of it
     repeat the row above, so each VM and each vCPU is named once."""
-    if report.by == "port":
-        return [], [[] for _ in report.rows]
-    headers = ["VM"] + (["VCPU"] if report.by == "vcpu" else [])
+    headers = list(MODES[report.by].columns)
     cells, last = [], []
     for r in report.rows:
-        group = [vm_label(r)] + ([vcpu_label(r)] if report.by == "vcpu" else [])
+        group = [label(r) for label in (vm_label, vcpu_label)[:len(headers)]]
         cells.append([c if group[:j + 1] != last[:j + 1] else ""
                       for j, c in enumerate(group)])
         last = group
@@ -95,10 +91,10 @@ def _time_cells(r, total_ns):
             duration(avg_ns(t)), duration(t.max_ns)]
 
 
-def _lost_line(report):
-    lost = {k: n for k, n in (report.lost or {}).items() if n}
+def _untimed_line(report):
+    untimed = {k: n for k, n in (report.untimed or {}).items() if n}
     return ("exits not timed: " + ", ".join(f"{n} {k.replace('_', ' ')}"
-                                             for k, n in lost.items()) + "\n") if lost else ""
+                                             for k, n in untimed.items()) + "\n") if untimed else ""
 
 
 def table(report):
@@ -119,11 +115,11 @@ def table(report):
     if report.dropped_events:
         summary += f", {report.dropped_events} dropped (map full)"
     if not body:
-        return summary + "\n" + _lost_line(report)
+        return summary + "\n" + _untimed_line(report)
     left = len(lead) + 3
     return tabulate(body, headers, tablefmt="simple", disable_numparse=True,
                     colalign=("left",) * left + ("right",) * (len(headers) - left)
-                    ) + f"\n\n{summary}\n{_lost_line(report)}{footnote}\n"
+                    ) + f"\n\n{summary}\n{_untimed_line(report)}{footnote}\n"
 
 
 def _time_fields(t):
@@ -141,11 +137,11 @@ def to_dict(report):
                   **({**_time_fields(r.times), "hist_ns": [
                       {"low_ns": lo, "high_ns": hi, "count": n}
                       for lo, hi, n in hist_buckets(r.times.hist)]} if report.latency else {}),
-                  **{f: getattr(r, f) for f in BY_FIELDS[report.by]}} for r in report.rows],
+                  **{f: getattr(r, f) for f in MODES[report.by].fields}} for r in report.rows],
     }
     if report.latency:
         out["total_time_ns"] = report.total_time_ns
-        out["untimed_exits"] = report.lost
+        out["untimed_exits"] = report.untimed
     return out
 
 
@@ -159,10 +155,10 @@ def csv_text(report, header=True, elapsed=None):
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     lead = [] if elapsed is None else ["elapsed_s"]
-    extra = BY_FIELDS[report.by]
+    extra = MODES[report.by].fields
     times = CSV_TIME_FIELDS if report.latency else []
     if header:
-        w.writerow(lead + CSV_FIELDS + times + extra)
+        w.writerow(lead + CSV_FIELDS + times + list(extra))
     for r in report.rows:
         at = [] if elapsed is None else [f"{elapsed:.3f}"]
         timed = []

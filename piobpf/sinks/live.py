@@ -9,7 +9,6 @@ import contextlib
 import curses
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -18,10 +17,9 @@ from dataclasses import dataclass
 from tabulate import tabulate
 
 from . import formats
-from .printer import Printer
-from .report import make_report
-from .session import Session, describe
-from .snapshot import READ, Snapshot
+from ..rows.report import make_report
+from ..core.keys import MODES, READ, describe
+from ..core.snapshot import Snapshot
 
 SORTS = ("rate", "total", "time")    # time with --latency only
 KEYS = "q quit  s sort  p pause  r reset  g filter"
@@ -29,7 +27,6 @@ PROMPT = "filter (port, VM or device; Enter applies, empty clears): "
 ENTER = (10, 13, curses.KEY_ENTER)
 ERASE = (8, 127, curses.KEY_BACKSPACE)
 ESCAPE = 27
-LEAD = {"port": [], "vm": ["VM"], "vcpu": ["VM", "VCPU"]}   # columns before DIR, per --by
 
 
 @dataclass(frozen=True)
@@ -62,20 +59,20 @@ class View:
     """The screen, fed by Session.run: interval() adds each delta to the whole
     run and redraws; wait() reads keys and resizes until the next tick."""
 
-    def __init__(self, session):
-        self.session, self.args, self.scr = session, session.args, None
+    def __init__(self, session, top=None):
+        self.session, self.config, self.top, self.scr = session, session.config, top, None
         self.whole = self.base = self.delta = Snapshot()   # base: at start or the last `r`
         self.seconds = self.delta_s = 0.0
         self.base_clock = time.strftime("%H:%M:%S")
-        self.sorts = SORTS if self.args.latency else SORTS[:2]
+        self.sorts = SORTS if self.config.latency else SORTS[:2]
         self.sort, self.paused, self.filter, self.typing = self.sorts[0], False, "", None
         self.resized = False
         self.frame = self.capture()
 
     def named(self, snapshot):
         """Named rows; the report's duration goes unused (rates are the last interval's)."""
-        return make_report(snapshot, 0.0, self.session.naming, by=self.args.by,
-                           latency=self.args.latency)
+        return make_report(snapshot, 0.0, self.session.naming, by=self.config.by,
+                           latency=self.config.latency)
 
     def capture(self):
         since = self.named(self.whole - self.base)
@@ -161,7 +158,7 @@ class View:
                 pass    # only the bottom-right cell: drawn, but the cursor cannot move past it
 
     def draw(self):
-        f, lead = self.frame, LEAD[self.args.by]
+        f, lead = self.frame, list(MODES[self.config.by].columns)
 
         def order(x):
             r, rate, _ = x
@@ -172,19 +169,19 @@ class View:
                       key=order)
         state = [f"sort: {self.sort}"] + (["PAUSED"] if self.paused else []) \
             + ([f"filter: {formats.printable(self.filter)}"] if self.filter else [])
-        head = [f"piobpf {f.clock}  {describe(self.args)}",
+        head = [f"piobpf {f.clock}  {describe(self.config.by, self.config.pids)}",
                 f"{f.rate:.1f} events/s   {f.total} events since {f.since}   "
                 f"{f.dropped} dropped   " + "   ".join(state), ""]
         foot = [f.footnote, KEYS if self.typing is None else PROMPT + self.typing]
         height = self.scr.getmaxyx()[0]
         room = max(0, height - len(head) - len(foot) - 2)   # 2: column names and their rule
-        timed = ["TIME", "AVG"] if self.args.latency else []
+        timed = ["TIME", "AVG"] if self.config.latency else []
         body = [[formats.vm_label(r), formats.vcpu_label(r)][:len(lead)]
                 + [r.direction, f"{r.port:#06x}", device, f"{rate:.1f}", r.events,
                    f"{100.0 * r.events / f.total:.1f}" if f.total else "0.0"]
                 + ([formats.duration(r.times.time_ns), formats.duration(formats.avg_ns(r.times))]
                    if timed and r.times.windows else ["-"] * len(timed))
-                for r, rate, device in rows[:min(room, self.args.top or room)]]
+                for r, rate, device in rows[:min(room, self.top or room)]]
         table = tabulate(body, lead + ["DIR", "PORT", "DEVICE", "EVENTS/s", "TOTAL", "%"] + timed,
                          tablefmt="simple", disable_numparse=True,
                          # tabulate 0.8 fails on alignments for an empty body
@@ -243,21 +240,3 @@ def held_stderr():
             held.seek(0)
             shutil.copyfileobj(held, sys.stderr.buffer)
             sys.stderr.flush()
-
-
-def run(args):
-    """The live screen until q, -d or a signal; then the whole run's table."""
-    with Session(args) as session:
-        view = View(session)
-        # A Python handler wakes the stopper's select (its wakeup fd) on a
-        # resize; set before curses starts, curses keeps off SIGWINCH.
-        previous = signal.signal(signal.SIGWINCH, view.on_resize)
-        try:
-            with held_stderr():
-                view.show()
-        finally:
-            signal.signal(signal.SIGWINCH, previous)
-        printer = Printer(sys.stdout, "table", args.top, session.naming, args.by,
-                          sort=args.sort, latency=args.latency)
-        printer.emit(view.whole, view.seconds)
-    return 1 if printer.failed else 0

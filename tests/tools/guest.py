@@ -1,6 +1,6 @@
 """A tiny real-mode KVM guest that does scripted port I/O (tests and demo).
 
-USAGE: python3 -m piobpf.guest [--irqchip] [--thread-name NAME] [-name NAME]
+USAGE: python3 tests/tools/guest.py [--irqchip] [--thread-name NAME] [-name NAME]
                                 [-qmp SPEC] [-monitor SPEC]
                                 [--wait] [--hold] [--abrupt] [--forever]
                                 [--delay PORT:US]
@@ -227,7 +227,7 @@ def split_programs(words):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python3 -m piobpf.guest",
+        prog="python3 tests/tools/guest.py",
         description="Run a tiny real-mode KVM guest doing scripted port I/O.")
     parser.add_argument("ops", nargs="+", metavar="OP",
                         help="DIR:PORT[-LAST][:SIZE[:REPS[:STRCOUNT]]], + between vCPUs")

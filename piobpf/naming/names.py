@@ -2,9 +2,12 @@
 from), and with --by vm|vcpu the VM and vCPU. The one place that decides
 which sources of names a run uses."""
 
-from . import ioports, names
+from dataclasses import dataclass
+
+from . import ioports
+from . import vms
 from .devices import CONFIG_WRITES, HOST_IOPORTS, IOPORTS_FILE, DeviceNames, VmmMaps
-from .errors import CliError, warn
+from ..core.errors import CliError, warn
 
 DEVICE_MAPS = ("auto", "host")
 
@@ -28,7 +31,7 @@ def load_ioports(path):
     return table
 
 
-class Naming:
+class Names:
     """device(key) -> (name, source) and labels(key) -> row fields of a key."""
 
     def __init__(self, devices, by="port", labeler=None, maps=None):
@@ -74,25 +77,35 @@ class Naming:
             self.labeler.learn(snapshot)
         if self.maps:
             for key in snapshot.counts:
-                if len(key) > 2:
-                    self.maps.see(key[2])
-            self.maps.learn(snapshot)
+                if key.vm is not None:
+                    self.maps.see(key.vm)
+            self.maps.refresh(snapshot)
 
     def device(self, key):
-        return self.devices(key[1], key[2] if len(key) > 2 else None)
+        return self.devices(key.port, key.vm)
 
     def labels(self, key):
         return self.labeler(key) if self.labeler else {}
 
 
-def from_args(args, comms=None, known=None, cmdlines=None):
-    """The Naming of a run: `--device-map auto` reads VMs' maps while tracing
+@dataclass(frozen=True)
+class NamingConfig:
+    """Where names come from: with device_map "auto" each VM's own map
+    (of `pids` only, when given), else only the ioports table `ioports`."""
+    by: str = "port"
+    device_map: str = "auto"
+    ioports: str = ioports.PROC_IOPORTS
+    pids: tuple = ()
+
+
+def from_config(config, comms=None, known=None, cmdlines=None):
+    """The Names of a run: `--device-map auto` reads VMs' maps while tracing
     (`comms` given); --ioports FILE, else /proc/ioports, names the rest.
     `known`: VM names looked up already ({Proc: name}); `cmdlines`: what the
-    kernel saw of new VMs (names.Labeler)."""
-    source = HOST_IOPORTS if args.ioports == ioports.PROC_IOPORTS else IOPORTS_FILE
-    table = load_ioports(args.ioports)
+    kernel saw of new VMs (vms.Labeler)."""
+    source = HOST_IOPORTS if config.ioports == ioports.PROC_IOPORTS else IOPORTS_FILE
+    table = load_ioports(config.ioports)
     tracing = comms is not None
-    maps = VmmMaps(args.pid) if tracing and args.device_map == "auto" else None
-    labeler = names.labeler(args.by, comms, known, cmdlines) if tracing else None
-    return Naming(DeviceNames(table, source, maps), args.by, labeler, maps)
+    maps = VmmMaps(config.pids or None) if tracing and config.device_map == "auto" else None
+    labeler = vms.labeler(config.by, comms, known, cmdlines) if tracing else None
+    return Names(DeviceNames(table, source, maps), config.by, labeler, maps)

@@ -12,10 +12,16 @@ import select
 import signal
 import sys
 import time
+from dataclasses import dataclass
+from typing import Optional
 
-from . import naming, names
-from .errors import warn
-from .snapshot import Snapshot
+from ..kernel.counter import CounterConfig, PioCounter
+from ..naming import names
+from ..naming.names import NamingConfig
+from ..naming import vms
+from ..core.errors import warn
+from ..core.keys import MODES, describe
+from ..core.snapshot import Snapshot
 
 SECOND = 1.0
 
@@ -50,16 +56,31 @@ class Stopper:
         return [fd for fd in ready if fd != self._r]
 
 
-def describe(args):
-    """What is counted, for the start-up line: kvm:kvm_pio of PID 1 per VM and (direction, port)."""
-    of = f" of PID {', '.join(map(str, args.pid))}" if args.pid else ""
-    per = {"port": "", "vm": "VM and ", "vcpu": "vCPU and "}[args.by]
-    return f"kvm:kvm_pio{of} per {per}(direction, port)"
-
-
 def next_tick(tick, step, now):
     """The first tick after `now` on the grid tick + k*step: no drift, no burst."""
     return tick + step * (1 + int((now - tick) // step))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A tracing run: what the kernel counts, where names come from, and
+    its clock (-d, -i; None: until stopped, no intervals)."""
+    counter: CounterConfig
+    naming: NamingConfig
+    duration: Optional[float] = None
+    interval: Optional[float] = None
+
+    @property
+    def by(self):
+        return self.counter.by
+
+    @property
+    def latency(self):
+        return self.counter.latency
+
+    @property
+    def pids(self):
+        return self.counter.pids
 
 
 class Session:
@@ -68,18 +89,16 @@ class Session:
     By VM or vCPU, a VM that exits leaves the kernel map (its final counts
     stay in the counter) and is in `gone` until `expire` forgets it."""
 
-    def __init__(self, args):
-        from .kernel import PioCounter   # BCC only where tracing
-        self.args = args
+    def __init__(self, config):
+        self.config = config
         self.stopper = Stopper()
         # VMs named before the program loads: one that does its port I/O
         # and exits in the meantime still has its name.
-        known = names.vmm_processes() if args.by != "port" else None
+        known = vms.vmm_processes() if MODES[config.by].per_vm else None
         # Load first: a missing privilege or header is the one line to show.
-        self.counter = PioCounter(attach=args.attach, max_entries=args.map_size, by=args.by,
-                                  pids=args.pid or (), latency=args.latency)
+        self.counter = PioCounter(config.counter)
         try:
-            self.naming = naming.from_args(args, self.counter.comms, known,
+            self.naming = names.from_config(config.naming, self.counter.comms, known,
                                            self.counter.cmdlines)
         except BaseException:
             self.counter.close()
@@ -89,7 +108,7 @@ class Session:
 
     @property
     def latency(self):
-        return self.args.latency
+        return self.config.latency
 
     @property
     def capacity(self):
@@ -166,13 +185,14 @@ class Session:
         and returns which of `fds` (the kernel's rings) turned readable; a
         front end that reads keys meanwhile passes its own, which returns
         early once the stopper is stopped."""
-        args = self.args
+        config = self.config
         start = last_t = time.monotonic()
-        what = f"for {args.duration:g} s" if args.duration else "until Ctrl-C"
-        print(f"Tracing {describe(args)} {what}... Ctrl-C to end.", file=sys.stderr, flush=True)
+        what = f"for {config.duration:g} s" if config.duration else "until Ctrl-C"
+        print(f"Tracing {describe(config.by, config.pids)} {what}... Ctrl-C to end.",
+              file=sys.stderr, flush=True)
         never = float("inf")
-        deadline = start + args.duration if args.duration else never
-        report_at = start + args.interval if args.interval else never
+        deadline = start + config.duration if config.duration else never
+        report_at = start + config.interval if config.interval else never
         second_at = start + SECOND if progress or self.naming.ticks else never
         last, slow = Snapshot(), False
         wait = wait or self.stopper.wait
@@ -189,17 +209,17 @@ class Session:
                     interval(snap - last, now - last_t)
                     last, last_t = snap, now
                     self.expire(now)    # their final counts are in `last`: no later delta has them
-                    report_at = next_tick(report_at, args.interval, now)
+                    report_at = next_tick(report_at, config.interval, now)
                     took = time.monotonic() - now
-                    if took > args.interval and not slow:
+                    if took > config.interval and not slow:
                         slow = True
-                        warn(f"-i {args.interval:g} is shorter than a read of the kernel map "
+                        warn(f"-i {config.interval:g} is shorter than a read of the kernel map "
                              f"takes here ({took:.2f} s): intervals are that long or longer")
                 if now >= second_at:
                     second_at = next_tick(second_at, SECOND, now)
                     snap = self.look(snap, progress)
                     if progress:
-                        sys.stderr.write(f"\r{now - start:.0f}/{args.duration:g} s, "
+                        sys.stderr.write(f"\r{now - start:.0f}/{config.duration:g} s, "
                                          f"{snap.total_events} events ")
                         sys.stderr.flush()
         except OSError:             # the output's own failures: the printer's to report
@@ -210,9 +230,9 @@ class Session:
             self.failed = True
         self.counter.detach()
         snap, end = self.read(), time.monotonic()
-        if args.latency:
+        if config.latency:
             # Exits under way at the end: their windows never close.
-            snap.lost["open_at_end"] = self.counter.open_windows()
+            snap.untimed["open_at_end"] = self.counter.open_windows()
         if progress:
             sys.stderr.write("\r\033[K")
         final(snap - last, end - last_t)

@@ -8,15 +8,6 @@ this interval or the next, and the intervals add up to the whole run.
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-READ, WRITE = "read", "write"
-
-
-class Proc(NamedTuple):
-    """A process: its pid and start time (clock ticks after boot, as in
-    /proc/PID/stat), so that a pid recycled for a new process is another."""
-    pid: int
-    start: int
-
 
 class Counts(NamedTuple):
     """A tuple, so that building one per map entry is cheap (131072 a read)."""
@@ -53,14 +44,13 @@ class Times(NamedTuple):
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Counts per key (a (direction, port) tuple, by VM plus its Proc, by
-    vCPU plus the Proc and the tid), plus dropped events; with --latency,
-    Times per key and what the kernel could not time (`lost`: reason ->
-    windows, as kernel.DROPPED names them)."""
+    """Counts per key (a keys.Key), plus dropped events; with --latency,
+    Times per key and what the kernel could not time (`untimed`: reason ->
+    exits, as kernel.program.UNTIMED names them, and open_at_end)."""
     counts: dict = field(default_factory=dict)
     dropped: int = 0
     times: dict = field(default_factory=dict)
-    lost: dict = field(default_factory=dict)
+    untimed: dict = field(default_factory=dict)
 
     @property
     def total_events(self):
@@ -78,8 +68,8 @@ class Snapshot:
             d = now - earlier.times.get(key, Times())
             if d.windows:
                 times[key] = d
-        lost = {k: n - earlier.lost.get(k, 0) for k, n in self.lost.items()}
-        return Snapshot(diff, self.dropped - earlier.dropped, times, lost)
+        untimed = {k: n - earlier.untimed.get(k, 0) for k, n in self.untimed.items()}
+        return Snapshot(diff, self.dropped - earlier.dropped, times, untimed)
 
     def __add__(self, later):
         """This snapshot plus the interval after it: the snapshot at its end."""
@@ -88,6 +78,6 @@ class Snapshot:
             counts[key] = counts.get(key, Counts()) + c
         for key, t in later.times.items():
             times[key] = times.get(key, Times()) + t
-        lost = {k: self.lost.get(k, 0) + later.lost.get(k, 0)
-                for k in self.lost.keys() | later.lost.keys()}
-        return Snapshot(counts, self.dropped + later.dropped, times, lost)
+        untimed = {k: self.untimed.get(k, 0) + later.untimed.get(k, 0)
+                for k in self.untimed.keys() | later.untimed.keys()}
+        return Snapshot(counts, self.dropped + later.dropped, times, untimed)

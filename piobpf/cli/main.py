@@ -11,10 +11,14 @@ import io
 import os
 import sys
 
-from . import compare, live, naming, perfscript, results
-from .args import parse_args
-from .errors import CliError, warn
-from .printer import Printer, open_output
+from ..offline import compare
+from . import live
+from ..naming import names
+from ..offline import perfscript
+from ..offline import results
+from .args import naming_config, parse_args, run_config
+from ..core.errors import CliError, TraceError, warn
+from ..sinks.printer import Printer, open_output
 
 
 def open_input(path):
@@ -36,8 +40,8 @@ def report_malformed(path, count, first):
 
 
 def run_trace(args):
-    from .session import Session
-    with Session(args) as session:
+    from ..run.session import Session
+    with Session(run_config(args)) as session:
         # Opened after loading: an -o FILE is not emptied by a run that cannot start.
         with open_output(args.output) as stream:
             printer = Printer(stream, args.format, args.top, session.naming, args.by,
@@ -64,9 +68,9 @@ def load_input(path, load):
 def run_from_perf(args):
     parsed = load_input(args.from_perf, perfscript.parse)
     report_malformed(args.from_perf, parsed.malformed, parsed.first_malformed)
-    names = naming.from_args(args)
+    naming = names.from_config(naming_config(args))
     with open_output(args.output) as stream:
-        Printer(stream, args.format, args.top, names).emit(parsed.snapshot, parsed.duration_s)
+        Printer(stream, args.format, args.top, naming).emit(parsed.snapshot, parsed.duration_s)
     return 0
 
 
@@ -80,7 +84,7 @@ def run_compare(args):
                  " the results cannot be equal")
         loaded.append(result)
     a, b = loaded
-    devices = naming.from_args(args).devices
+    devices = names.from_config(naming_config(args)).devices
     # A JSON result's own names first: a trace named ports by its VMs' maps.
     name_of = lambda port: a.names.get(port) or b.names.get(port) or devices(port)[0]
     comparison = compare.compare(a.snapshot, b.snapshot, name_of)
@@ -91,7 +95,6 @@ def run_compare(args):
 
 
 def main(argv=None):
-    from .kernel import TraceError
     failed = 1     # --compare fails with 2, like diff(1): 1 means "they differ"
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)

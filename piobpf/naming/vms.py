@@ -11,7 +11,7 @@ import os
 import re
 
 from .qemucmd import qemu_name
-from .snapshot import Proc
+from ..core.keys import MODES, Proc
 
 _VCPU = re.compile(r"^CPU (\d+)/KVM$")
 KVM_VM_FD = "anon_inode:kvm-vm"     # what a VMM's VM file descriptor links to
@@ -109,7 +109,7 @@ class Labeler:
     def learn(self, snapshot):
         """Look up the processes new in `snapshot` while they still run."""
         for key in snapshot.counts:
-            self.vm(key[2])
+            self.vm(key.vm)
 
     def vm(self, p):
         """The name of Proc `p`, looked up once: the -name of the command
@@ -126,10 +126,10 @@ class Labeler:
             self._vm.pop(p, None)
 
     def __call__(self, key):
-        p = key[2]
+        p = key.vm
         fields = {"pid": p.pid, "vm": self.vm(p)}
-        if self.by == "vcpu":
-            tid = key[3]
+        if MODES[self.by].per_thread:
+            tid = key.tid
             thread = self.comms.get((p, tid))
             fields.update(tid=tid, thread=thread, vcpu=vcpu_index(thread))
         return fields
@@ -137,4 +137,4 @@ class Labeler:
 
 def labeler(by, comms, known=None, cmdlines=None):
     """The Labeler of --by vm|vcpu; None by port, where rows carry no labels."""
-    return None if by == "port" else Labeler(by, comms, known=known, cmdlines=cmdlines)
+    return Labeler(by, comms, known=known, cmdlines=cmdlines) if MODES[by].per_vm else None

@@ -25,7 +25,8 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 
-from .snapshot import READ, WRITE, Counts, Snapshot
+from ..core.keys import READ, WRITE, Key
+from ..core.snapshot import Counts, Snapshot
 
 # size and count are %d of 32-bit fields: at most 10 digits.
 _PAYLOAD = re.compile(
@@ -71,7 +72,7 @@ def parse(lines):
             first_bad = first_bad or f"{no}: {stripped[:200]}"
             continue
         perf = True
-        key = (WRITE if m["dir"] == "write" else READ, int(m["port"], 16))
+        key = Key(WRITE if m["dir"] == "write" else READ, int(m["port"], 16))
         counts[key] += Counts(1, size * count)
         t = _TIME.search(line[:m.start()])
         if t:

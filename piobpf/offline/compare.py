@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from tabulate import tabulate
 
-from .snapshot import READ, Counts
+from ..core.keys import READ
+from ..core.snapshot import Counts
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ def compare(a, b, name_of=lambda port: None):
     for key in set(a.counts) | set(b.counts):
         ea = a.counts.get(key, Counts()).events
         eb = b.counts.get(key, Counts()).events
-        rows.append(Diff(key[0], key[1], name_of(key[1]), ea, eb))
+        rows.append(Diff(key.direction, key.port, name_of(key.port), ea, eb))
     rows.sort(key=lambda r: (r.diff == 0, -abs(r.diff), -max(r.events_a, r.events_b),
                              r.direction != READ, r.port))
     return Comparison(rows, a.dropped, b.dropped)
