@@ -21,6 +21,7 @@ from helpers import ENV, GUEST, PY, HeldGuest, Traced, needs_tracing
 from piobpf.naming import devices
 from piobpf.core.keys import Proc
 from test_names import fake_proc
+from tools.memory import rss_kb
 from test_prometheus import Exporter, get, prometheus, running, wait_for  # noqa: F401 (fixtures)
 
 MAP_SIZE = "64"     # a few VMs' keys: the churn fits only if exited VMs leave the map
@@ -92,11 +93,6 @@ def metrics(url):
                                  if p)) if labels else ()
             found[name, tuple((k, v.strip('"')) for k, v in pairs)] = float(value)
     return found
-
-
-def rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
 @needs_tracing

@@ -16,7 +16,6 @@ import json
 import os
 import socket
 import sys
-import threading
 
 from ..core.errors import TraceError
 from . import preflight, program, syscalls
@@ -116,19 +115,17 @@ def load(config):
         with parent:
             data, fds, flags, _ = socket.recv_fds(parent, MESSAGE, MAX_FDS,
                                                   socket.MSG_CMSG_CLOEXEC)
-    except BaseException:
-        os.waitpid(pid, 0)
-        raise
+    finally:
+        # Its exit (some 15 ms: it frees LLVM's memory) closes the copies it
+        # has of every fd, this process's earlier counters' too (fork copied
+        # them): until then, closing one here would not detach.
+        status = os.waitpid(pid, 0)[1]
     if not data or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
         for fd in fds:
             os.close(fd)
-        status = os.waitpid(pid, 0)[1]
         how = (f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
                else f"exit status {os.waitstatus_to_exitcode(status)}")
         raise TraceError(f"loading the BPF program failed: its loader ended ({how})")
-    # The child is leaving: freeing its memory (LLVM's) takes it some 15 ms,
-    # which need not hold up the start.
-    threading.Thread(target=os.waitpid, args=(pid, 0), daemon=True).start()
     message = json.loads(data)
     if "error" in message:
         raise TraceError(message["error"])
