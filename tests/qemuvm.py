@@ -23,7 +23,8 @@ through the monitor and disconnects at once, as a QEMU monitor socket serves
 one client at a time and the code under test connects after.
 
 tests/fixtures/mtree-*.txt are this QEMU's `info mtree` of FIXTURE_DEVICES
-and of a SeabiosVM, as the monitor sends them (\r\n line ends). To write
+and of a SeabiosVM, legacy and modern (mtree-modern.txt: its "memory" space
+holds the MMIO BARs SeaBIOS placed), as the monitor sends them (\r\n line ends). To write
 them anew, as root: PYTHONPATH=. /usr/bin/python3 tests/qemuvm.py
 """
 
@@ -383,13 +384,17 @@ class SeabiosVM(QemuVM):
     a legacy virtio-blk disk0 (its boot sector writes the marker), virtio-net
     net0 and e1000 nic1, at slots 2, 3 and 4, their BARs placed by SeaBIOS."""
 
-    def __init__(self, name, monitor="qmp", marker=MARKER):
+    def __init__(self, name, monitor="qmp", marker=MARKER, modern=False):
+        """modern: virtio-blk and virtio-net as QEMU makes them by default
+        (transitional: legacy I/O BAR and modern MMIO BAR with notify
+        regions), and 64 MiB."""
         disk = boot_sector(marker).ljust(1 << 20, b"\0")
+        legacy = "" if modern else ",disable-modern=on"
         self._launch(name, monitor, marker, {"disk.img": disk}, [
             "-drive", "file=disk.img,format=raw,if=none,id=drive0",
-            "-device", "virtio-blk-pci,id=disk0,addr=0x2,drive=drive0,disable-modern=on,"
-                       "bootindex=0",
-            "-device", virtio_net(0).arg(), "-device", e1000(0).arg()])
+            "-device", f"virtio-blk-pci,id=disk0,addr=0x2,drive=drive0{legacy},bootindex=0",
+            "-device", f"virtio-net-pci,romfile=,id=net0,addr=0x3{legacy}",
+            "-device", e1000(0).arg(), *(["-m", "64"] if modern else [])])
 
 
 def write_fixtures():
@@ -402,6 +407,10 @@ def write_fixtures():
         vm.wait_done()
         (FIXTURES / "mtree-seabios.txt").write_bytes(vm.human("info mtree -f -o").encode())
         (FIXTURES / "mtree-noowner.txt").write_bytes(vm.human("info mtree -f").encode())
+    with SeabiosVM("fixture", modern=True) as vm:
+        vm.start()
+        vm.wait_done()
+        (FIXTURES / "mtree-modern.txt").write_bytes(vm.human("info mtree -f -o").encode())
 
 
 if __name__ == "__main__":

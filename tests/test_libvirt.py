@@ -215,7 +215,7 @@ IO_LINE = re.compile(r"^\s*([0-9a-f]+)-([0-9a-f]+) \(prio \d+, i/o\): (\S+) "
 def io_devices(text):
     """{region: (start, end, id)} of the devices with ids in the I/O address space."""
     found = {}
-    for line in mtree.io_lines(text):
+    for line in mtree.space_lines(text)[0]:
         m = IO_LINE.match(line)
         if m:
             found[m[3]] = (int(m[1], 16), int(m[2], 16), m[4])
