@@ -1,14 +1,16 @@
 """The test guest's MMIO ops against the real kvm:kvm_mmio tracepoint, counted
 by real perf on the guest process alone (no other helper's guest in it)."""
 
+import json
 import re
 import subprocess
 from collections import Counter
 
 import pytest
 
-from helpers import ENV, PY, needs_tracing
-from piobpf import guest
+from helpers import ENV, PY, needs_tracing, run_piobpf
+from piobpf import guest, perfscript
+from piobpf.snapshot import Counts, Gpa
 
 pytestmark = needs_tracing
 DONE = ("write", 1, guest.DONE_GPA)     # the done marker's write, one per vCPU
@@ -118,3 +120,35 @@ def test_an_eventfd_gpa_cannot_also_be_read_or_written():
     out = subprocess.run(guest_cmd("ew:0xfe003000", "+", "mw:0xfe003000"), env=ENV,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "ew GPA" in out.stderr
+
+
+def test_real_perf_of_mmio_and_ports_compares_equal_to_the_ops(tmp_path):
+    # perf's own record of the guest, parsed (unsatisfied-reads dropped), is
+    # exactly the ops; --compare matches it per (space, direction, address).
+    ops = ["mr:0xfebc0000:4:300", "mw:0xfebc0000:4:200", "mr:0xfebc0010:2:7", "r:0x3fd:1:5",
+           "+", "mw:0xfed00000:1:9", "w:0x80:2:3", "ew:0xfebff000:2:6"]
+    stdout, text = perf_record(tmp_path, *ops)
+    assert "done exits=524 " in stdout
+    expected = {("read", Gpa(0xfebc0000)): Counts(300, 1200),
+                ("write", Gpa(0xfebc0000)): Counts(200, 800),
+                ("read", Gpa(0xfebc0010)): Counts(7, 14), ("read", 0x3fd): Counts(5, 5),
+                ("write", Gpa(0xfed00000)): Counts(9, 9), ("write", 0x80): Counts(3, 6),
+                ("write", Gpa(guest.DONE_GPA)): Counts(2, 2)}
+    # ew: one write a write, of 2 bytes (kvm_mmio) or of unknown size (kvm_fast_mmio).
+    fast = text.count("kvm:kvm_fast_mmio:")
+    expected["write", Gpa(0xfebff000)] = Counts(6, 2 * (6 - fast))
+    parsed = perfscript.parse(text.splitlines(keepends=True))
+    assert parsed.snapshot.counts == expected and parsed.malformed == 0
+    perf_file = tmp_path / "perf.txt"
+    perf_file.write_text(text)
+    rows = [{"space": "mmio", "gpa": int(a)} if isinstance(a, Gpa) else {"port": a}
+            for _, a in expected]
+    result = tmp_path / "ops.json"
+    result.write_text(json.dumps({"dropped_events": 0, "rows": [
+        {**row, "direction": d, "events": c.events, "bytes": c.bytes}
+        for row, ((d, _), c) in zip(rows, expected.items())]}))
+    out = run_piobpf("--compare", str(perf_file), str(result), "--format", "json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    obj = json.loads(out.stdout)
+    assert obj["equal"] and len(obj["rows"]) == 8
+    assert {r["device"] for r in obj["rows"] if r["space"] == "mmio"} == {"hpet", "unassigned"}
