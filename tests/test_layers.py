@@ -6,7 +6,7 @@ from helpers import REPO
 
 # Bottom to top, as README's "How it works" draws them.
 ORDER = ["__init__", "errors", "snapshot", "kernel",
-         "ioports", "mtree", "qemucmd", "names", "monitor", "devices", "naming",   # naming
+         "ioports", "mtree", "mmiomap", "qemucmd", "names", "monitor", "devices", "naming",   # naming
          "report",                                                                 # rows
          "formats", "printer", "webconfig", "httpserver", "exporter",              # sinks
          "perfscript", "results", "compare",          # saved results (--from-perf, --compare)
