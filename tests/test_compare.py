@@ -6,8 +6,10 @@ import json
 import pytest
 
 from helpers import assert_one_line, run_piobpf
-from piobpf import compare, results
-from piobpf.snapshot import Counts, Gpa, Snapshot
+from piobpf.core.keys import Gpa, Key
+from piobpf.offline import compare
+from piobpf.offline import results
+from piobpf.core.snapshot import Counts, Snapshot
 from test_perfscript import EXPECTED, FIXTURES, MMIO_EXPECTED
 
 PERF = str(FIXTURES / "perf-default.txt")
@@ -19,7 +21,7 @@ def as_json(counts, duration=1.0):
     rows = [{"direction": d, **({"space": "mmio", "gpa": int(p)} if isinstance(p, Gpa)
                                 else {"port": p}),
              "device": None, "events": c.events, "bytes": c.bytes}
-            for (d, p), c in counts.items()]
+            for (d, p, _, _), c in counts.items()]
     return json.dumps({"duration_s": duration, "dropped_events": 0,
                        "total_events": sum(c.events for c in counts.values()), "rows": rows})
 
@@ -28,7 +30,7 @@ def test_from_perf_json_has_the_perf_counts():
     out = run_piobpf("--from-perf", PERF, "--format", "json", "--ioports", "/dev/null")
     assert out.returncode == 0, out.stderr
     obj = json.loads(out.stdout)
-    assert {(r["direction"], r["port"]): Counts(r["events"], r["bytes"])
+    assert {Key(r["direction"], r["port"]): Counts(r["events"], r["bytes"])
             for r in obj["rows"]} == EXPECTED
     assert obj["total_events"] == 13
 
@@ -53,12 +55,12 @@ def test_from_perf_reports_malformed_lines():
 
 
 def test_load_detects_json_lines_and_perf():
-    one = results.load(io.StringIO(as_json({("read", 1): Counts(2, 2)})))
-    lines = results.load(io.StringIO(as_json({("read", 1): Counts(2, 2)}) + "\n"
-                                     + as_json({("read", 1): Counts(3, 6)}) + "\n"))
+    one = results.load(io.StringIO(as_json({Key("read", 1): Counts(2, 2)})))
+    lines = results.load(io.StringIO(as_json({Key("read", 1): Counts(2, 2)}) + "\n"
+                                     + as_json({Key("read", 1): Counts(3, 6)}) + "\n"))
     perf = results.load(open(PERF))
     assert one.kind == lines.kind == "json" and perf.kind == "perf"
-    assert lines.snapshot.counts == {("read", 1): Counts(5, 8)}
+    assert lines.snapshot.counts == {Key("read", 1): Counts(5, 8)}
     assert perf.snapshot.counts == EXPECTED
 
 
@@ -68,10 +70,10 @@ def test_load_rejects_json_that_is_not_ours():
 
 
 def test_differing_rows_come_first():
-    a = Snapshot({("read", 1): Counts(5, 5), ("read", 2): Counts(100, 100),
-                  ("write", 3): Counts(7, 7)})
-    b = Snapshot({("read", 1): Counts(5, 5), ("read", 2): Counts(90, 90),
-                  ("read", 4): Counts(1, 1)})
+    a = Snapshot({Key("read", 1): Counts(5, 5), Key("read", 2): Counts(100, 100),
+                  Key("write", 3): Counts(7, 7)})
+    b = Snapshot({Key("read", 1): Counts(5, 5), Key("read", 2): Counts(90, 90),
+                  Key("read", 4): Counts(1, 1)})
     rows = compare.compare(a, b).rows
     assert [(r.direction, r.port, r.diff) for r in rows] == [
         ("read", 2, -10), ("write", 3, -7), ("read", 4, 1), ("read", 1, 0)]
@@ -82,7 +84,7 @@ def test_compare_exit_codes(tmp_path):
     same = tmp_path / "same.json"
     same.write_text(as_json(EXPECTED))
     other = tmp_path / "other.json"
-    other.write_text(as_json({**EXPECTED, ("read", 0x3fd): Counts(4, 4)}))
+    other.write_text(as_json({**EXPECTED, Key("read", 0x3fd): Counts(4, 4)}))
     equal = run_piobpf("--compare", PERF, str(same))
     assert equal.returncode == 0, equal.stderr
     assert "all 7 (direction, port) counts are equal" in equal.stdout
@@ -171,7 +173,7 @@ def test_load_rejects_values_that_are_not_counts(text, why):
 
 
 def test_json_lines_error_names_its_own_line():
-    text = as_json({("read", 1): Counts(2, 2)}) + "\n" + '{"rows": [1,]}\n'
+    text = as_json({Key("read", 1): Counts(2, 2)}) + "\n" + '{"rows": [1,]}\n'
     with pytest.raises(ValueError, match="line 2 column 13"):
         results.load(io.StringIO(text))
 
@@ -219,7 +221,7 @@ def test_from_perf_refuses_what_is_not_perf_script_text():
 
 
 def test_a_side_that_dropped_events_is_never_equal():
-    counts = {("read", 0x3fd): Counts(1, 1)}
+    counts = {Key("read", 0x3fd): Counts(1, 1)}
     c = compare.compare(Snapshot(counts), Snapshot(counts, dropped=5))
     assert [r.diff for r in c.rows] == [0] and not c.equal
     assert compare.table(c, "a.txt", "b.json").endswith(
@@ -262,9 +264,9 @@ def test_load_mmio_rows_beside_port_rows():
         {"direction": "write", "port": 0x80, "device": None, "events": 1, "bytes": 1},
         {"space": "mmio", "direction": "read", "gpa": 2**64 - 1, "events": 1, "bytes": 4}]})
     loaded = results.load(io.StringIO(text))
-    assert loaded.snapshot.counts == {("write", Gpa(0x80)): Counts(2, 8),
-                                      ("write", 0x80): Counts(2, 2),
-                                      ("read", Gpa(2**64 - 1)): Counts(1, 4)}
+    assert loaded.snapshot.counts == {Key("write", Gpa(0x80)): Counts(2, 8),
+                                      Key("write", 0x80): Counts(2, 2),
+                                      Key("read", Gpa(2**64 - 1)): Counts(1, 4)}
     assert loaded.names == {Gpa(0x80): "e1000-mmio nic0", 0x80: "dma page reg"}
 
 
@@ -296,7 +298,7 @@ def test_compare_real_mmio_perf_with_json_rows(tmp_path):
     assert any(line.split()[:3] == ["io", "read", "0x03fd"] for line in lines)
     # One count off on the MMIO side only: that row, not its port namesake.
     other = tmp_path / "other.json"
-    other.write_text(as_json({**MMIO_EXPECTED, ("write", Gpa(0x20000)): Counts(2, 2)}))
+    other.write_text(as_json({**MMIO_EXPECTED, Key("write", Gpa(0x20000)): Counts(2, 2)}))
     differ = run_piobpf("--compare", MMIO_PERF, str(other), "--format", "json")
     assert differ.returncode == 1
     rows = json.loads(differ.stdout)["rows"]
@@ -311,8 +313,8 @@ def test_compare_real_mmio_perf_with_json_rows(tmp_path):
 
 
 def test_a_port_and_a_gpa_of_one_number_are_two_rows():
-    a = Snapshot({("write", 0x80): Counts(1, 1), ("write", Gpa(0x80)): Counts(4, 4)})
-    b = Snapshot({("write", 0x80): Counts(1, 1)})
+    a = Snapshot({Key("write", 0x80): Counts(1, 1), Key("write", Gpa(0x80)): Counts(4, 4)})
+    b = Snapshot({Key("write", 0x80): Counts(1, 1)})
     c = compare.compare(a, b)
     assert [(r.space, r.port, r.diff) for r in c.rows] == [("mmio", Gpa(0x80), -4),
                                                                 ("io", 0x80, 0)]

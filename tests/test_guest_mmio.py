@@ -8,16 +8,19 @@ from collections import Counter
 
 import pytest
 
-from helpers import ENV, PY, needs_tracing, run_piobpf
-from piobpf import guest, perfscript
-from piobpf.snapshot import Counts, Gpa
+from helpers import ENV, GUEST, needs_tracing, run_piobpf
+from piobpf.core.keys import Gpa, Key
+from piobpf.core.snapshot import Counts
+from piobpf.offline import perfscript
+from test_compare import as_json
+from tools import guest
 
 pytestmark = needs_tracing
 DONE = ("write", 1, guest.DONE_GPA)     # the done marker's write, one per vCPU
 
 
 def guest_cmd(*args):
-    return [PY, "-m", "piobpf.guest", *args]
+    return [*GUEST, *args]
 
 
 def perf_record(tmp_path, *args, events=("kvm:kvm_mmio", "kvm:kvm_fast_mmio", "kvm:kvm_pio")):
@@ -129,24 +132,20 @@ def test_real_perf_of_mmio_and_ports_compares_equal_to_the_ops(tmp_path):
            "+", "mw:0xfed00000:1:9", "w:0x80:2:3", "ew:0xfebff000:2:6"]
     stdout, text = perf_record(tmp_path, *ops)
     assert "done exits=524 " in stdout
-    expected = {("read", Gpa(0xfebc0000)): Counts(300, 1200),
-                ("write", Gpa(0xfebc0000)): Counts(200, 800),
-                ("read", Gpa(0xfebc0010)): Counts(7, 14), ("read", 0x3fd): Counts(5, 5),
-                ("write", Gpa(0xfed00000)): Counts(9, 9), ("write", 0x80): Counts(3, 6),
-                ("write", Gpa(guest.DONE_GPA)): Counts(2, 2)}
+    expected = {Key("read", Gpa(0xfebc0000)): Counts(300, 1200),
+                Key("write", Gpa(0xfebc0000)): Counts(200, 800),
+                Key("read", Gpa(0xfebc0010)): Counts(7, 14), Key("read", 0x3fd): Counts(5, 5),
+                Key("write", Gpa(0xfed00000)): Counts(9, 9), Key("write", 0x80): Counts(3, 6),
+                Key("write", Gpa(guest.DONE_GPA)): Counts(2, 2)}
     # ew: one write a write, of 2 bytes (kvm_mmio) or of unknown size (kvm_fast_mmio).
     fast = text.count("kvm:kvm_fast_mmio:")
-    expected["write", Gpa(0xfebff000)] = Counts(6, 2 * (6 - fast))
+    expected[Key("write", Gpa(0xfebff000))] = Counts(6, 2 * (6 - fast))
     parsed = perfscript.parse(text.splitlines(keepends=True))
     assert parsed.snapshot.counts == expected and parsed.malformed == 0
     perf_file = tmp_path / "perf.txt"
     perf_file.write_text(text)
-    rows = [{"space": "mmio", "gpa": int(a)} if isinstance(a, Gpa) else {"port": a}
-            for _, a in expected]
     result = tmp_path / "ops.json"
-    result.write_text(json.dumps({"dropped_events": 0, "rows": [
-        {**row, "direction": d, "events": c.events, "bytes": c.bytes}
-        for row, ((d, _), c) in zip(rows, expected.items())]}))
+    result.write_text(as_json(expected))
     out = run_piobpf("--compare", str(perf_file), str(result), "--format", "json")
     assert out.returncode == 0, out.stdout + out.stderr
     obj = json.loads(out.stdout)

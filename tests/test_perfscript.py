@@ -12,14 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from piobpf import perfscript
-from piobpf.snapshot import Counts, Gpa
+from piobpf.core.keys import Gpa, Key
+from piobpf.offline import perfscript
+from piobpf.core.snapshot import Counts
 
 FIXTURES = Path(__file__).parent / "fixtures"
-EXPECTED = {("read", 0x3fd): Counts(3, 3), ("write", 0x3f8): Counts(2, 4),
-            ("read", 0x60): Counts(1, 16), ("write", 0x70): Counts(3, 3),
-            ("read", 0x61): Counts(1, 4), ("write", 0x20): Counts(2, 2),
-            ("read", 0x21): Counts(1, 1)}
+EXPECTED = {Key("read", 0x3fd): Counts(3, 3), Key("write", 0x3f8): Counts(2, 4),
+            Key("read", 0x60): Counts(1, 16), Key("write", 0x70): Counts(3, 3),
+            Key("read", 0x61): Counts(1, 4), Key("write", 0x20): Counts(2, 2),
+            Key("read", 0x21): Counts(1, 1)}
 
 
 def test_duration_from_timestamps():
@@ -36,9 +37,9 @@ def test_thread_names_with_spaces_digits_and_colons():
         "a: 9.0: b 7 [000] 2.0: kvm:kvm_pio: pio_read at 0x60 size 2 count 8 val 0x60 (...)\n",
     ]
     parsed = perfscript.parse(lines)
-    assert parsed.snapshot.counts == {("read", 0x3fd): Counts(1, 1),
-                                      ("write", 0x20): Counts(1, 1),
-                                      ("read", 0x60): Counts(1, 16)}
+    assert parsed.snapshot.counts == {Key("read", 0x3fd): Counts(1, 1),
+                                      Key("write", 0x20): Counts(1, 1),
+                                      Key("read", 0x60): Counts(1, 16)}
 
 
 def test_other_events_headers_and_blank_lines_are_ignored():
@@ -55,7 +56,7 @@ def test_malformed_kvm_pio_lines_are_counted_with_the_first():
              "qemu 1 [000] 1.2: kvm:kvm_pio: pio_read at zzz size 1 count 1 val 0x1\n",
              "qemu 1 [000] 1.3: kvm:kvm_pio: pio_read at 0x12345 size 1 count 1 val 0x1\n"]
     parsed = perfscript.parse(lines)
-    assert parsed.snapshot.counts == {("read", 0x3fd): Counts(1, 1)}
+    assert parsed.snapshot.counts == {Key("read", 0x3fd): Counts(1, 1)}
     assert parsed.malformed == 3
     assert parsed.first_malformed.startswith("2: qemu 1 [000] 1.1:")
 
@@ -70,7 +71,7 @@ def test_sizes_and_counts_the_kernel_cannot_print_are_malformed():
     bad = [pio_line(3, 1), pio_line(0, 1), pio_line(8, 1), pio_line(1, 4097),
            pio_line(4, 1025), pio_line(99999999999999999, 99999999999999)]
     parsed = perfscript.parse(good + bad)
-    assert parsed.snapshot.counts == {("read", 0x60): Counts(5, 1 + 4096 * 3)}
+    assert parsed.snapshot.counts == {Key("read", 0x60): Counts(5, 1 + 4096 * 3)}
     assert parsed.malformed == len(bad)
     assert parsed.first_malformed.startswith(f"{len(good) + 1}: qemu 1 [000] 1.0:")
 
@@ -122,13 +123,13 @@ def test_a_capture_without_events_shows_it_is_perf_script_output(line):
 # On this AMD host (shadow paging, no MMIO caching) the ioeventfd writes of
 # `ew` are kvm_mmio writes; kvm_fast_mmio fires on VMX's EPT fast path only.
 MMIO_EXPECTED = {
-    ("read", Gpa(0xfebc0000)): Counts(3, 12), ("write", Gpa(0xfebc0004)): Counts(2, 4),
-    ("read", 0x3fd): Counts(2, 2), ("read", Gpa(0x10001)): Counts(1, 1),
-    ("write", Gpa(0xfebff000)): Counts(4, 8),
-    ("write", Gpa(0xfffffffc)): Counts(5, 20), ("read", Gpa(0xc0000000)): Counts(2, 4),
-    ("write", 0x80): Counts(1, 1),
-    ("read", Gpa(0xfee00030)): Counts(2, 8), ("write", Gpa(0xfec00000)): Counts(1, 4),
-    ("write", Gpa(0x20000)): Counts(3, 3),     # each vCPU's done marker
+    Key("read", Gpa(0xfebc0000)): Counts(3, 12), Key("write", Gpa(0xfebc0004)): Counts(2, 4),
+    Key("read", 0x3fd): Counts(2, 2), Key("read", Gpa(0x10001)): Counts(1, 1),
+    Key("write", Gpa(0xfebff000)): Counts(4, 8),
+    Key("write", Gpa(0xfffffffc)): Counts(5, 20), Key("read", Gpa(0xc0000000)): Counts(2, 4),
+    Key("write", 0x80): Counts(1, 1),
+    Key("read", Gpa(0xfee00030)): Counts(2, 8), Key("write", Gpa(0xfec00000)): Counts(1, 4),
+    Key("write", Gpa(0x20000)): Counts(3, 3),     # each vCPU's done marker
 }
 
 
@@ -146,8 +147,8 @@ def test_a_gpa_is_never_the_port_of_the_same_number():
         "q 1 [000] 1.0: kvm:kvm_pio: pio_write at 0x80 size 1 count 1 val 0x1\n",
         "q 1 [000] 1.1: kvm:kvm_mmio: mmio write len 1 gpa 0x80 val 0x1\n",
         "q 1 [000] 1.2: kvm:kvm_mmio: mmio write len 8 gpa 0x80 val 0x1\n"])
-    assert parsed.snapshot.counts == {("write", 0x80): Counts(1, 1),
-                                      ("write", Gpa(0x80)): Counts(2, 9)}
+    assert parsed.snapshot.counts == {Key("write", 0x80): Counts(1, 1),
+                                      Key("write", Gpa(0x80)): Counts(2, 9)}
 
 
 def mmio_line(kind, length, gpa="0xfebc0000", time="1.0"):
@@ -159,7 +160,7 @@ def test_fast_mmio_is_a_write_of_unknown_size():
         "qemu-kvm 7 [001] 3.5: kvm:kvm_fast_mmio: fast mmio at gpa 0xfebff000\n",
         "fast mmio at gpa 0xfebff000\n",              # -F trace
         mmio_line("write", 2, "0xfebff000", "4.0")])
-    assert parsed.snapshot.counts == {("write", Gpa(0xfebff000)): Counts(3, 2)}
+    assert parsed.snapshot.counts == {Key("write", Gpa(0xfebff000)): Counts(3, 2)}
     assert parsed.duration_s == 0.5
 
 
@@ -167,7 +168,7 @@ def test_unsatisfied_reads_are_checked_not_counted():
     parsed = perfscript.parse([mmio_line("unsatisfied-read", 4), mmio_line("read", 4),
                                mmio_line("unsatisfied-read", 9999), mmio_line("read", 4096),
                                mmio_line("unsatisfied-read", 4, "0xfebc0000", "7.0")])
-    assert parsed.snapshot.counts == {("read", Gpa(0xfebc0000)): Counts(2, 4100)}
+    assert parsed.snapshot.counts == {Key("read", Gpa(0xfebc0000)): Counts(2, 4100)}
     assert parsed.malformed == 1 and parsed.first_malformed.startswith("3: ")
     assert parsed.duration_s == 6.0      # an unsatisfied-read is still a time
 
@@ -181,10 +182,10 @@ def test_unsatisfied_reads_are_checked_not_counted():
 ])
 def test_malformed_mmio_lines(line):
     parsed = perfscript.parse([mmio_line("write", 4), line])
-    assert parsed.snapshot.counts == {("write", Gpa(0xfebc0000)): Counts(1, 4)}
+    assert parsed.snapshot.counts == {Key("write", Gpa(0xfebc0000)): Counts(1, 4)}
     assert parsed.malformed == 1
 
 
 def test_the_largest_gpa():
     parsed = perfscript.parse([mmio_line("write", 1, "0x" + "f" * 16)])
-    assert parsed.snapshot.counts == {("write", Gpa(2**64 - 1)): Counts(1, 1)}
+    assert parsed.snapshot.counts == {Key("write", Gpa(2**64 - 1)): Counts(1, 1)}
