@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Build piobpf_VERSION_all.deb from a clean clone of this checkout's HEAD
+# (committed files only) with Debian's tools, and check it with lintian.
+#   scripts/build-deb.sh [OUTDIR]      (default: dist/ of this checkout)
+# Installs its build dependencies with apt-get when they are missing (as root).
+set -euo pipefail
+
+say() { echo "build-deb: $*" >&2; }
+die() { say "$*"; exit 1; }
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+out=$(realpath -m "${1:-$repo/dist}")
+export DEBIAN_FRONTEND=noninteractive
+
+deps=(debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian)
+missing=()
+for p in "${deps[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    [ "$(id -u)" = 0 ] || die "missing ${missing[*]}: run as root to install them, or apt-get install them"
+    say "installing ${missing[*]}"
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+rev=$(git -C "$repo" rev-parse HEAD)
+git clone -q --no-checkout "$repo" "$work/piobpf"
+git -C "$work/piobpf" checkout -q --detach "$rev"
+[ -z "$(git -C "$repo" status --porcelain)" ] || say "note: uncommitted changes are not in the package"
+
+# The distribution's tools with its python3 only: a PATH with another
+# Python (pyenv, a venv) first would build for that one.
+(cd "$work/piobpf" && env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$work" LC_ALL=C.UTF-8 \
+    dpkg-buildpackage -us -uc -b >"$work/build.log" 2>&1) \
+    || { tail -n 40 "$work/build.log" >&2; die "dpkg-buildpackage failed"; }
+
+debs=("$work"/piobpf_*_all.deb)
+mkdir -p "$out"
+cp "${debs[@]}" "$out/"
+deb="$out/$(basename "${debs[0]}")"
+# lintian's E: lines fail the build; W: lines are fixed or overridden with a
+# reason in debian/piobpf.lintian-overrides.
+lintian --fail-on error "$deb" >&2 || die "lintian reports errors in $deb"
+say "built $deb"
+echo "$deb"
