@@ -82,7 +82,9 @@ def test_package_builds_installs_counts_serves_and_purges_clean():
 def check_installed():
     for path in ("/usr/sbin/piobpf", "/usr/share/man/man8/piobpf.8.gz",
                  "/usr/share/doc/piobpf/piobpf_example.txt.gz",
-                 "/lib/systemd/system/piobpf-exporter.service", "/etc/default/piobpf-exporter"):
+                 "/usr/share/doc/piobpf/exporter.md.gz",
+                 "/lib/systemd/system/piobpf-exporter.service", "/etc/default/piobpf-exporter",
+                 "/usr/share/piobpf/grafana-dashboard.json", "/usr/share/piobpf/piobpf-rules.yml"):
         assert os.path.isfile(path), path
     assert not os.path.exists("/usr/bin/piobpf")
 
