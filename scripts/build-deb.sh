@@ -5,23 +5,14 @@
 # Installs its build dependencies with apt-get when they are missing (as root).
 set -euo pipefail
 
-say() { echo "build-deb: $*" >&2; }
-die() { say "$*"; exit 1; }
-
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$repo/scripts/lib.sh"
 out=$(realpath -m "${1:-$repo/dist}")
-export DEBIAN_FRONTEND=noninteractive
 
 deps=(debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian)
-missing=()
-for p in "${deps[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    [ "$(id -u)" = 0 ] || die "missing ${missing[*]}: run as root to install them, or apt-get install them"
-    say "installing ${missing[*]}"
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if [ -n "$(missing_packages "${deps[@]}")" ]; then
+    need_root_and_apt
+    install_packages "${deps[@]}"
 fi
 
 work=$(mktemp -d)
@@ -41,8 +32,9 @@ debs=("$work"/piobpf_*_all.deb)
 mkdir -p "$out"
 cp "${debs[@]}" "$out/"
 deb="$out/$(basename "${debs[0]}")"
-# lintian's E: lines fail the build; W: lines are fixed or overridden with a
-# reason in debian/piobpf.lintian-overrides.
+# An E: line fails the build. It has no W: line either (tests/test_deb.py):
+# a new one is fixed, or overridden with its reason in
+# debian/piobpf.lintian-overrides.
 lintian --fail-on error "$deb" >&2 || die "lintian reports errors in $deb"
 say "built $deb"
 echo "$deb"
