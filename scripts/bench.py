@@ -312,7 +312,7 @@ def syscall_costs(programs, rounds, calls):
     attached), in rounds that rotate the order; medians."""
     cpus = sorted(os.sched_getaffinity(0))
     other = str(cpus[-1])
-    names = [UNTRACED] + [n for n in programs.bpf if n != FLOOR]
+    names = [UNTRACED] + [n for n in programs.loaded if n != FLOOR]
     runs = {name: [] for name in names}
     for rnd in range(rounds):
         for name in names[rnd % len(names):] + names[:rnd % len(names)]:
@@ -416,9 +416,9 @@ def bpf_costs(programs, pic, rounds):
     made more than FOREIGN_MAX of the events is run again, up to RETRIES
     times, and the figures are the clean runs' (all runs' if none is);
     `foreign` keeps the share of each run kept."""
-    runs = {name: [] for name in programs.bpf}
-    retried = dict.fromkeys(programs.bpf, 0)
-    names = list(programs.bpf)
+    runs = {name: [] for name in programs.loaded}
+    retried = dict.fromkeys(programs.loaded, 0)
+    names = list(programs.loaded)
     for rnd in range(rounds):
         for name in names[rnd % len(names):] + names[:rnd % len(names)]:
             programs.use(name)

@@ -95,7 +95,6 @@ class FixedSession:
 
     def __init__(self, naming, *snapshots, came=()):
         self.naming, self.snapshots, self.capacity = naming, list(snapshots), 100
-        self.latency = False
         self.came, self.expired, self.entries = list(came), [], 1
 
     def sync(self):

@@ -188,7 +188,7 @@ class PioCounter:
         for key in keys:
             c = self._counts[self._counts.Key((key.direction == WRITE) << 16 | key.port)]
             if c.events:
-                counts[Key(key.direction, key.port)] = Counts(c.events, c.bytes)
+                counts[key] = Counts(c.events, c.bytes)
         return Snapshot(counts, self._dropped[0].value)
 
     # The lifecycle of VMs, by VM or vCPU.

@@ -70,18 +70,6 @@ class RunConfig:
     duration: Optional[float] = None
     interval: Optional[float] = None
 
-    @property
-    def by(self):
-        return self.counter.by
-
-    @property
-    def latency(self):
-        return self.counter.latency
-
-    @property
-    def pids(self):
-        return self.counter.pids
-
 
 class Session:
     """A loaded counter and the names of its keys.
@@ -94,7 +82,7 @@ class Session:
         self.stopper = Stopper()
         # VMs named before the program loads: one that does its port I/O
         # and exits in the meantime still has its name.
-        known = vms.vmm_processes() if MODES[config.by].per_vm else None
+        known = vms.vmm_processes() if MODES[config.counter.by].per_vm else None
         # Load first: a missing privilege or header is the one line to show.
         self.counter = PioCounter(config.counter)
         try:
@@ -105,10 +93,6 @@ class Session:
             raise
         self.gone = {}      # Proc -> when its VM was seen to exit (monotonic)
         self.failed = False     # the run loop stopped on an unexpected error
-
-    @property
-    def latency(self):
-        return self.config.latency
 
     @property
     def capacity(self):
@@ -188,7 +172,7 @@ class Session:
         config = self.config
         start = last_t = time.monotonic()
         what = f"for {config.duration:g} s" if config.duration else "until Ctrl-C"
-        print(f"Tracing {describe(config.by, config.pids)} {what}... Ctrl-C to end.",
+        print(f"Tracing {describe(config.counter.by, config.counter.pids)} {what}... Ctrl-C to end.",
               file=sys.stderr, flush=True)
         never = float("inf")
         deadline = start + config.duration if config.duration else never
@@ -230,7 +214,7 @@ class Session:
             self.failed = True
         self.counter.detach()
         snap, end = self.read(), time.monotonic()
-        if config.latency:
+        if config.counter.latency:
             # Exits under way at the end: their windows never close.
             snap.untimed["open_at_end"] = self.counter.open_windows()
         if progress:

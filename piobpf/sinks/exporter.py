@@ -105,8 +105,8 @@ class PioCollector(Collector):
     forgotten; not before a VM of the same pid and name is, as their labels
     are the same: one series, the sum, which must never go back."""
 
-    def __init__(self, session, retention):
-        self._session, self.retention = session, retention
+    def __init__(self, session, retention, latency=False):
+        self._session, self.retention, self.latency = session, retention, latency
         self._lock = threading.Lock()
 
     def _sync(self):
@@ -131,7 +131,8 @@ class PioCollector(Collector):
             s = self._session
             self._sync()
             snapshot = s.read()
-            return families(snapshot, s.naming, s.capacity, s.naming.by, s.entries, s.latency)
+            return families(snapshot, s.naming, s.capacity, s.naming.by, s.entries,
+                            self.latency)
 
     def close(self):
         """Wait for a scrape under way; later ones find nothing (the map is going)."""

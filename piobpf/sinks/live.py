@@ -60,7 +60,7 @@ class View:
     run and redraws; wait() reads keys and resizes until the next tick."""
 
     def __init__(self, session, top=None):
-        self.session, self.config, self.top, self.scr = session, session.config, top, None
+        self.session, self.config, self.top, self.scr = session, session.config.counter, top, None
         self.whole = self.base = self.delta = Snapshot()   # base: at start or the last `r`
         self.seconds = self.delta_s = 0.0
         self.base_clock = time.strftime("%H:%M:%S")
