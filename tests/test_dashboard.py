@@ -9,31 +9,17 @@ import json
 import math
 import re
 import subprocess
-import tempfile
 import time
 import urllib.parse
 
-import pytest
-
-from helpers import REPO, HeldGuest, free_port, needs_tracing
-from test_prometheus import PROMETHEUS, Exporter, get, running, wait_for  # noqa: F401
+from helpers import REPO, HeldGuest, needs_tracing
+from test_prometheus import Exporter, get, prometheus, running, wait_for  # noqa: F401
 
 DASHBOARD = REPO / "deploy" / "grafana-dashboard.json"
 RULES = REPO / "deploy" / "piobpf-rules.yml"
 # The dashboard's variables as Grafana fills them with "All"; $__rate_interval
 # 10 s: several of these 1 s scrapes, over the guest's few seconds of exits.
 VARIABLES = {"$job": "piobpf", "$instance": ".*", "$vm": ".*", "$__rate_interval": "10s"}
-CONFIG = """\
-global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-  evaluation_interval: 1s
-rule_files: ["{rules}"]
-scrape_configs:
-  - job_name: piobpf
-    static_configs:
-      - targets: {targets}
-"""
 
 
 def dashboard():
@@ -118,34 +104,6 @@ def test_alerts_fire_on_a_surge_over_the_baseline_and_on_drops_only(tmp_path):
     assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
 
 
-@pytest.fixture
-def prometheus_of():
-    """prometheus_of(targets): a Prometheus with the rules, scraping the
-    targets (job piobpf) every second, ready; its files removed afterwards."""
-    workdir = tempfile.TemporaryDirectory()
-    procs = []
-
-    def start(targets):
-        config = f"{workdir.name}/prometheus.yml"
-        with open(config, "w") as f:
-            f.write(CONFIG.format(rules=RULES, targets=json.dumps(targets)))
-        port = free_port()
-        log = open(f"{workdir.name}/prometheus.log", "w")
-        procs.append(subprocess.Popen(
-            [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={workdir.name}/data",
-             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log))
-        log.close()
-        url = f"http://127.0.0.1:{port}"
-        wait_for("ready Prometheus", lambda: get(f"{url}/-/ready"))
-        return url
-
-    yield start
-    for proc in procs:
-        proc.kill()
-        proc.wait()
-    workdir.cleanup()
-
-
 def api(url, path, **params):
     answer = json.loads(get(f"{url}/api/v1/{path}?" + urllib.parse.urlencode(params, doseq=True)))
     assert answer["status"] == "success", answer
@@ -158,7 +116,7 @@ def values(result):
 
 
 @needs_tracing
-def test_every_dashboard_query_returns_data(running, prometheus_of):  # noqa: F811
+def test_every_dashboard_query_returns_data(running, prometheus):  # noqa: F811
     # 0x3fd's exits each wait 200 us in the guest's VMM: some 4 s of exits,
     # timed by --latency, across several scrapes.
     busy = HeldGuest("r:0x3fd:1:20000", "w:0x3f8:1:100", name="dash-vm",
@@ -168,7 +126,7 @@ def test_every_dashboard_query_returns_data(running, prometheus_of):  # noqa: F8
     running += [busy.proc, full.proc]
     exporter = Exporter(running, "--by", "vm", "--latency", "-p", str(busy.pid))
     dropping = Exporter(running, "--by", "vm", "--map-size", "2", "-p", str(full.pid))
-    url = prometheus_of([exporter.target, dropping.target])
+    url = prometheus(exporter.target, dropping.target, rules=[RULES])
     # Both scraped once before any event: increase() sees the drops from 0.
     wait_for("a first scrape of both", lambda: values(api(
         url, "query", query='count(piobpf_dropped_events_total{job="piobpf"} == 0)')) == [2])

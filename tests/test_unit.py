@@ -8,8 +8,6 @@ them), their monitor sockets theirs, in directories of mode 0700.
 """
 
 import base64
-import json
-import os
 import re
 import shutil
 import ssl
