@@ -251,7 +251,8 @@ class QemuVM:
     monitor: one of MONITORS. `qmp` and `hmp` are -qmp/-monitor on a unix
     socket, `chardev-*` the same through -chardev socket and -mon, `none` no
     socket at all (the harness talks to a -monitor on stdio). `extra`: more
-    QEMU arguments, paths relative to the VM's folder `dir`.
+    QEMU arguments, paths relative to the VM's folder `dir`; `parent`: where
+    that folder is made (the temp dir by default); `user`: who QEMU runs as.
     """
 
     def __init__(self, name, monitor="qmp", devices=(virtio_net(0xC000, 1000),), ops=(),

@@ -29,7 +29,8 @@ UNIT = REPO / "deploy" / "piobpf-exporter.service"
 DEFAULTS = REPO / "deploy" / "piobpf-exporter.default"
 VMM_USER = "libvirt-qemu"
 PORT = 0xC000
-READS = 300
+DEVICES = (virtio_net(PORT, 300),)
+READS = firmware_events(DEVICES)[("read", PORT)][0]     # the VM's exact events on PORT
 PASSWORD = "s3cret"
 
 
@@ -104,24 +105,13 @@ def scrape(url, context=None, auth=None):
         return r.read().decode()
 
 
-def samples(text, name):
-    """{frozenset(labels): value} of metric `name` in an exposition."""
-    out = {}
-    for m in re.finditer(rf"(?m)^{name}\{{(.*)\}} (\S+)$", text):
-        labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
-        out[labels] = float(m.group(2))
-    return out
-
-
 def by_pid_port(text):
-    """{(pid, port): (events, device)} of piobpf_pio_events_total."""
-    return {(dict(k)["pid"], dict(k)["port"]): (v, dict(k)["device"])
-            for k, v in samples(text, "piobpf_pio_events_total").items()}
-
-
-def vm_reads(vm):
-    """The VM's exact events on PORT: the firmware's reads."""
-    return firmware_events((virtio_net(PORT, READS),))[("read", PORT)][0]
+    """{(pid, port): (events, device)} of piobpf_pio_events_total by VM."""
+    got = {}
+    for m in re.finditer(r"(?m)^piobpf_pio_events_total\{(.*)\} (\S+)$", text):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        got[labels["pid"], labels["port"]] = (float(m.group(2)), labels["device"])
+    return got
 
 
 def test_systemd_analyze_verifies_the_unit(tmp_path):
@@ -148,9 +138,8 @@ def test_service_counts_other_users_vms_and_serves_tls_with_auth(confdir, home, 
     web.write_text(f"tls_server_config:\n  cert_file: {certs['server.crt']}\n"
                    f"  key_file: {certs['server.key']}\nbasic_auth_users:\n  prom: {hashed}\n")
     port = free_port()
-    with QemuVM("unit-tmp", "qmp", (virtio_net(PORT, READS),), user=VMM_USER) as in_tmp, \
-            QemuVM("unit-home", "hmp", (virtio_net(PORT, READS),), user=VMM_USER,
-                   parent=home) as in_home:
+    with QemuVM("unit-tmp", "qmp", DEVICES, user=VMM_USER) as in_tmp, \
+            QemuVM("unit-home", "hmp", DEVICES, user=VMM_USER, parent=home) as in_home:
         guest = HeldGuest("w:0x3f8:1:77")
         pids = f"{in_tmp.pid},{in_home.pid},{guest.pid}"
         unit = source_unit(env_file(confdir, f"127.0.0.1:{port}",
@@ -177,7 +166,7 @@ def test_service_counts_other_users_vms_and_serves_tls_with_auth(confdir, home, 
         context = ssl.create_default_context(cafile=certs["ca.crt"])
         with pytest.raises(urllib.error.HTTPError, match="401"):
             scrape(url, context)
-        want = {(str(vm.pid), f"{PORT:#x}"): (vm_reads(vm), "virtio-pci net0")
+        want = {(str(vm.pid), f"{PORT:#x}"): (READS, "virtio-pci net0")
                 for vm in (in_tmp, in_home)}
         want[(str(guest.pid), "0x3f8")] = (77, "serial")
         # Monitors are read in the background: until then the ports are
@@ -205,7 +194,7 @@ def test_each_capability_is_needed(confdir, service, cap, instead):
     connect(2) needs write permission on the socket."""
     caps = [c for c in Unit(UNIT, DEFAULTS).caps if c != cap] + ([instead] if instead else [])
     port = free_port()
-    with QemuVM("unit-cap", "qmp", (virtio_net(PORT, READS),), user=VMM_USER) as vm:
+    with QemuVM("unit-cap", "qmp", DEVICES, user=VMM_USER) as vm:
         s = service(source_unit(env_file(confdir, f"127.0.0.1:{port}", f"--by vm -p {vm.pid}"),
                                 caps))
         if cap in ("CAP_BPF", "CAP_PERFMON"):
@@ -221,6 +210,6 @@ def test_each_capability_is_needed(confdir, service, cap, instead):
         assert f"pid {vm.pid}: no device map from its monitor" in line, line
         assert "Permission denied" in line, line
         got = by_pid_port(scrape(f"http://127.0.0.1:{port}/metrics"))
-        assert got[(str(vm.pid), f"{PORT:#x}")][0] == vm_reads(vm)
+        assert got[(str(vm.pid), f"{PORT:#x}")][0] == READS
         assert got[(str(vm.pid), f"{PORT:#x}")][1] != "virtio-pci net0"
         assert s.stop()[0] == 0
