@@ -55,7 +55,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 # The repository's, not an installed copy; the guest and perf helpers are the tests'.
 from tools import guest, memory, perfrecord  # noqa: E402
+from tools.mtreegen import one_port_ranges  # noqa: E402
 from piobpf.core.keys import MODES, Key  # noqa: E402
+from piobpf.naming import mtree  # noqa: E402
 from piobpf.kernel.counter import CounterConfig, PioCounter  # noqa: E402
 
 PY = "/usr/bin/python3"
@@ -654,6 +656,20 @@ def exporter_rss():
     return rss
 
 
+def map_parse_s(sizes=(4000, mtree.MAX_RANGES)):
+    """CPU seconds to parse a VM's map of n one-port ranges (median of 3):
+    what a hostile monitor's largest answer costs, re-read every REFRESH."""
+    out = {}
+    for n in sizes:
+        text, times = one_port_ranges(n), []
+        for _ in range(3):
+            t0 = time.process_time()
+            mtree.parse(text)
+            times.append(time.process_time() - t0)
+        out[str(n)] = statistics.median(times)
+    return {"map_parse_s": out}
+
+
 def map_memory(tracer):
     maps = tracer.bpf_fds("map")
     memlock = sum(int(m["memlock"]) for m in maps)
@@ -777,6 +793,7 @@ def run_bench(args, programs, result):
             shutil.rmtree(tmp, ignore_errors=True)
     result.update(full_map_read())
     result["exporter_rss_mb"] = exporter_rss()
+    result.update(map_parse_s())
     result["loadavg_end"] = os.getloadavg()
     write(args.output, result)
     report(result)
@@ -815,7 +832,8 @@ def report(r):
                    disable_numparse=True))
     print()
     print(tabulate([[k, v] for k, v in r.items()
-                    if not isinstance(v, (dict, list)) or k.startswith("loadavg")],
+                    if not isinstance(v, (dict, list)) or k.startswith("loadavg")]
+                   + [[f"map_parse_s ({n} ranges)", s] for n, s in r["map_parse_s"].items()],
                    tablefmt="plain"))
 
 

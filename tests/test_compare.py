@@ -6,17 +6,21 @@ import json
 import pytest
 
 from helpers import assert_one_line, run_piobpf
-from piobpf.core.keys import Key
+from piobpf.core.keys import Gpa, Key
 from piobpf.offline import compare
 from piobpf.offline import results
 from piobpf.core.snapshot import Counts, Snapshot
-from test_perfscript import EXPECTED, FIXTURES
+from test_perfscript import EXPECTED, FIXTURES, MMIO_EXPECTED
 
 PERF = str(FIXTURES / "perf-default.txt")
 
 
 def as_json(counts, duration=1.0):
-    rows = [{"direction": d, "port": p, "device": None, "events": c.events, "bytes": c.bytes}
+    """A piobpf JSON result: rows of ports as they were before MMIO (no
+    "space"), rows of Gpas in the form that has "space": "mmio" and "gpa"."""
+    rows = [{"direction": d, **({"space": "mmio", "gpa": int(p)} if isinstance(p, Gpa)
+                                else {"port": p}),
+             "device": None, "events": c.events, "bytes": c.bytes}
             for (d, p, _, _), c in counts.items()]
     return json.dumps({"duration_s": duration, "dropped_events": 0,
                        "total_events": sum(c.events for c in counts.values()), "rows": rows})
@@ -88,7 +92,8 @@ def test_compare_exit_codes(tmp_path):
     assert differ.returncode == 1
     obj = json.loads(differ.stdout)
     assert obj["equal"] is False
-    assert obj["rows"][0] == {"direction": "read", "port": 0x3fd, "device": obj["rows"][0]["device"],
+    assert obj["rows"][0] == {"space": "io", "direction": "read", "port": 0x3fd,
+                              "device": obj["rows"][0]["device"],
                               "events_a": 3, "events_b": 4, "diff": 1, "diff_pct": 100 / 3}
     assert all(r["diff"] == 0 for r in obj["rows"][1:])
 
@@ -204,7 +209,7 @@ def test_two_empty_captures_compare_equal_when_they_show_they_are_perf(tmp_path)
     other.write_text("qemu 1 [000] 1.0: kvm:kvm_userspace_exit: reason KVM_EXIT_IO (2)\n")
     out = run_piobpf("--compare", str(header), str(other))
     assert out.returncode == 0 and out.stderr == ""
-    assert out.stdout.endswith("no kvm_pio events in either result\n")
+    assert out.stdout.endswith("no kvm_pio or kvm_mmio events in either result\n")
 
 
 def test_from_perf_refuses_what_is_not_perf_script_text():
@@ -226,7 +231,7 @@ def test_a_side_that_dropped_events_is_never_equal():
     assert (obj["dropped_a"], obj["dropped_b"], obj["equal"]) == (0, 5, False)
     both = compare.compare(Snapshot({}, dropped=1), Snapshot({}, dropped=2))
     assert compare.table(both, "a", "b").splitlines()[-1] == (
-        "no kvm_pio events in either result, but A and B dropped events: not equal")
+        "no kvm_pio or kvm_mmio events in either result, but A and B dropped events: not equal")
     assert compare.compare(Snapshot(counts), Snapshot(counts)).equal
 
 
@@ -245,3 +250,72 @@ def test_compare_with_dropped_events_exits_1_in_every_format(tmp_path):
     assert outs["table"].stdout.endswith(", but B dropped events: not equal\n")
     assert json.loads(outs["json"].stdout)["dropped_b"] == 5
     assert outs["csv"].stdout.splitlines()[1].endswith(",1,1,0")
+
+
+MMIO_PERF = str(FIXTURES / "mmio-perf-default.txt")
+
+
+def test_load_mmio_rows_beside_port_rows():
+    text = json.dumps({"dropped_events": 0, "rows": [
+        {"space": "mmio", "direction": "write", "gpa": 0x80, "device": "e1000-mmio nic0",
+         "events": 2, "bytes": 8},
+        {"space": "io", "direction": "write", "port": 0x80, "device": "dma page reg",
+         "events": 1, "bytes": 1},
+        {"direction": "write", "port": 0x80, "device": None, "events": 1, "bytes": 1},
+        {"space": "mmio", "direction": "read", "gpa": 2**64 - 1, "events": 1, "bytes": 4}]})
+    loaded = results.load(io.StringIO(text))
+    assert loaded.snapshot.counts == {Key("write", Gpa(0x80)): Counts(2, 8),
+                                      Key("write", 0x80): Counts(2, 2),
+                                      Key("read", Gpa(2**64 - 1)): Counts(1, 4)}
+    assert loaded.names == {Gpa(0x80): "e1000-mmio nic0", 0x80: "dma page reg"}
+
+
+@pytest.mark.parametrize("row", [
+    {"space": "mmio", "direction": "read", "port": 0x80},             # mmio needs gpa
+    {"space": "mmio", "direction": "read", "gpa": 2**64},
+    {"space": "mmio", "direction": "read", "gpa": -1},
+    {"space": "mmio", "direction": "read", "gpa": "0x80"},
+    {"space": "io", "direction": "read", "port": 0x10000},
+    {"space": "pci", "direction": "read", "port": 1},
+    {"space": None, "direction": "read", "port": 1},
+])
+def test_load_rejects_bad_space_rows(row):
+    text = json.dumps({"dropped_events": 0, "rows": [{"events": 1, "bytes": 1, **row}]})
+    with pytest.raises(ValueError, match="not a piobpf JSON result"):
+        results.load(io.StringIO(text))
+
+
+def test_compare_real_mmio_perf_with_json_rows(tmp_path):
+    same = tmp_path / "same.json"
+    same.write_text(as_json(MMIO_EXPECTED))
+    out = run_piobpf("--compare", MMIO_PERF, str(same))
+    assert out.returncode == 0, out.stderr
+    assert "all 11 (space, direction, address) counts are equal" in out.stdout
+    head = out.stdout.splitlines()[0].split()
+    assert head[:3] == ["SPACE", "DIR", "ADDRESS"]
+    lines = out.stdout.splitlines()
+    assert any(line.split()[:4] == ["mmio", "read", "0xfee00030", "lapic"] for line in lines)
+    assert any(line.split()[:3] == ["io", "read", "0x03fd"] for line in lines)
+    # One count off on the MMIO side only: that row, not its port namesake.
+    other = tmp_path / "other.json"
+    other.write_text(as_json({**MMIO_EXPECTED, Key("write", Gpa(0x20000)): Counts(2, 2)}))
+    differ = run_piobpf("--compare", MMIO_PERF, str(other), "--format", "json")
+    assert differ.returncode == 1
+    rows = json.loads(differ.stdout)["rows"]
+    assert rows[0] == {"space": "mmio", "direction": "write", "gpa": 0x20000,
+                       "device": "unassigned", "events_a": 3, "events_b": 2, "diff": -1,
+                       "diff_pct": -100 / 3}
+    assert {r["space"] for r in rows} == {"io", "mmio"} and all(r["diff"] == 0 for r in rows[1:])
+    assert all(("gpa" in r) == (r["space"] == "mmio") != ("port" in r) for r in rows)
+    csv = run_piobpf("--compare", MMIO_PERF, str(other), "--format", "csv").stdout.splitlines()
+    assert csv[0] == "space,direction,address,device,events_a,events_b,diff"
+    assert csv[1] == "mmio,write,0x20000,unassigned,3,2,-1"
+
+
+def test_a_port_and_a_gpa_of_one_number_are_two_rows():
+    a = Snapshot({Key("write", 0x80): Counts(1, 1), Key("write", Gpa(0x80)): Counts(4, 4)})
+    b = Snapshot({Key("write", 0x80): Counts(1, 1)})
+    c = compare.compare(a, b)
+    assert [(r.space, r.port, r.diff) for r in c.rows] == [("mmio", Gpa(0x80), -4),
+                                                                ("io", 0x80, 0)]
+    assert not c.equal

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from piobpf.naming import mtree
+from piobpf.naming import mmiomap, mtree
+from tools.mtreegen import one_port_ranges
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # Real text, byte for byte (\r\n): Debian's QEMU 7.2, SeaBIOS booted, virtio-blk disk0 (legacy),
@@ -104,15 +105,6 @@ def test_firmware_vm_bars_where_its_firmware_put_them():
         "virtio-pci net0", "e1000-io nic1", mtree.UNASSIGNED)
 
 
-def one_port_ranges(n, first=0):
-    """An answer of n one-port ranges from port `first`, each its own device, in
-    the format of the fixtures (\\r\\n, owner with an id)."""
-    lines = ["FlatView #0", ' AS "I/O", root: io', " Root memory region: io"]
-    lines += [f"  {p:016x}-{p:016x} (prio 0, i/o): dev{p:x} owner:{{dev id=d{p:x}}}"
-              for p in range(first, first + n)]
-    return "\r\n".join(lines) + "\r\n"
-
-
 def test_a_map_of_every_port_in_its_own_range():
     # 65,536 ranges: the bound, and every port of the space.
     m = mtree.parse(one_port_ranges(mtree.MAX_RANGES))
@@ -149,3 +141,103 @@ def test_region_and_owner_from_the_end_of_a_line(rest, name):
     # end; a line of many groups and no tail (hostile) is all name.
     text = 'FlatView #0\n AS "I/O", root: io\n  0000000000000010-000000000000001f (prio 0, i/o): ' + rest
     assert mtree.parse(text).lookup(0x10) == name
+
+
+# Real text (\r\n): Debian's QEMU, SeaBIOS booted, -m 64, modern virtio-blk
+# disk0 and virtio-net net0, e1000 nic1, BARs where SeaBIOS put them.
+MODERN = (FIXTURES / "mtree-modern.txt").read_text()
+
+
+@pytest.mark.parametrize("gpa,name", [
+    (0x0, "pc.ram"), (0xc2fff, "pc.ram"), (0xc3000, "pc.ram"),   # " KVM": a memory slot
+    (0x3ffffff, "pc.ram"), (0x4000000, mtree.UNASSIGNED),         # past the 64 MiB
+    (0xfebc0000, "e1000-mmio nic1"), (0xfebdffff, "e1000-mmio nic1"),
+    (0xfebe0000, "msix-table disk0"), (0xfebe1804, "msix-pba net0"),
+    (0xfebe2000, mtree.UNASSIGNED),                                # between BARs
+    (0xfebf8000, "virtio-pci-common-virtio-blk disk0"),
+    (0xfebfb000, "virtio-pci-notify-virtio-blk disk0"),
+    (0xfebff004, "virtio-pci-notify-virtio-net net0"),
+    (0xfec00000, "kvm-ioapic"), (0xfed00000, "hpet"), (0xfed003ff, "hpet"),
+    (0xfed00400, mtree.UNASSIGNED),
+    (0xfee00000, "kvm-apic-msi"), (0xfeefffff, "kvm-apic-msi"),
+    (0xfffffff0, "pc.bios"), (0x100000000, mtree.UNASSIGNED), (2**64 - 1, mtree.UNASSIGNED),
+])
+def test_real_memory_map(gpa, name):
+    assert mtree.parse(MODERN, mtree.MEMORY).lookup(gpa) == name
+
+
+def test_the_io_map_of_the_same_answer_is_its_own():
+    ports = mtree.parse(MODERN)
+    assert (ports.lookup(0x92), ports.lookup(0xfee0)) == ("port92", mtree.UNASSIGNED)
+    assert ports.lookup(0xc000).startswith("virtio-pci ")
+
+
+@pytest.mark.parametrize("name", ["mtree-seabios.txt", "mtree-firmware.txt", "mtree-noowner.txt"])
+def test_memory_maps_of_the_other_fixtures(name):
+    m = mtree.parse((FIXTURES / name).read_text(), mtree.MEMORY)
+    assert (m.lookup(0x1000), m.lookup(0xfed00010), m.lookup(0xfeb00000)) == (
+        "pc.ram", "hpet", mtree.UNASSIGNED)
+
+
+def test_memory_bars_appear_once_the_firmware_placed_them():
+    # The firmware VM places I/O BARs only: its e1000's MMIO BAR is nowhere.
+    text = (FIXTURES / "mtree-firmware.txt").read_text()
+    assert "e1000-mmio" not in text
+    assert mtree.parse(MODERN, mtree.MEMORY).lookup(0xfebc0000) == "e1000-mmio nic1"
+
+
+def memory(*lines, root="system"):
+    return (f'FlatView #0\n AS "memory", root: {root}\n AS "cpu-memory-0", root: {root}\n'
+            f" Root memory region: {root}\n" + "".join(f"  {line}\n" for line in lines))
+
+
+@pytest.mark.parametrize("line,name", [
+    ("0000000000100000-0000000000ffffff (prio 0, ram): pc.ram @0000000000100000 "
+     "owner:{obj path=/objects/pc.ram} KVM", "pc.ram"),
+    ("0000000000100000-0000000000ffffff (prio 0, ram): pc.ram KVM", "pc.ram"),    # without -o
+    ("0000000000100000-0000000000ffffff (prio 0, romd): pflash owner:{dev id=fl0} KVM",
+     "pflash fl0"),
+    ("0000000000100000-0000000000ffffff (prio 0, i/o): system @0000000000100000", mtree.UNASSIGNED),
+    ("0000000000100000-0000000000ffffff (prio 0, i/o): KVM", "KVM"),   # a region named KVM
+    ("0000000000100000-0000000000ffffff (prio 0, i/o): nvme-bar0 owner:{dev id=ssd} \r",
+     "nvme-bar0 ssd"),
+])
+def test_memory_line_forms(line, name):
+    assert mtree.parse(memory(line), mtree.MEMORY).lookup(0x100000) == name
+
+
+def test_64_bit_addresses():
+    m = mtree.parse(memory(
+        "0000000100000000-000000017fffffff (prio 0, ram): pc.ram @00000000c0000000 KVM",
+        "0000380000000000-0000380000003fff (prio 1, i/o): virtio-pci-notify-virtio-net "
+        "owner:{dev id=net0}",
+        "fffffffffffff000-ffffffffffffffff (prio 0, i/o): top"), mtree.MEMORY)
+    assert [m.lookup(a) for a in (0xffffffff, 0x100000000, 0x17fffffff, 0x180000000,
+                                  0x380000003fff, 0x380000004000, 2**64 - 1)] == [
+        mtree.UNASSIGNED, "pc.ram", "pc.ram", mtree.UNASSIGNED,
+        "virtio-pci-notify-virtio-net net0", mtree.UNASSIGNED, "top"]
+
+
+@pytest.mark.parametrize("text", ["", io("0000000000000060-0000000000000060 (prio 0, i/o): x"),
+                                  memory(), 'FlatView #0\n AS "memory-x", root: system\n'
+                                  "  0000000000000000-0000000000000fff (prio 0, ram): r KVM\n"])
+def test_no_memory_space_is_an_error(text):
+    with pytest.raises(ValueError, match="no memory address space"):
+        mtree.parse(text, mtree.MEMORY)
+
+
+def test_a_memory_map_over_the_bound_is_refused():
+    lines = [f"{a << 12:016x}-{(a << 12) + 0xfff:016x} (prio 0, i/o): d{a}"
+             for a in range(mtree.MAX_RANGES + 1)]
+    with pytest.raises(ValueError, match="more than 65536 ranges in the memory map"):
+        mtree.parse(memory(*lines), mtree.MEMORY)
+
+
+@pytest.mark.parametrize("gpa,name", [
+    (0xfec00000, "ioapic"), (0xfec003ff, "ioapic"), (0xfec00400, mtree.UNASSIGNED),
+    (0xfed00000, "hpet"), (0xfed003ff, "hpet"), (0xfee00000, "lapic"), (0xfee000b0, "lapic"),
+    (0xfeefffff, "lapic"), (0xfef00000, mtree.UNASSIGNED), (0xfebc0000, mtree.UNASSIGNED),
+    (0, mtree.UNASSIGNED), (2**64 - 1, mtree.UNASSIGNED),
+])
+def test_the_pc_fixed_table(gpa, name):
+    assert mmiomap.lookup(gpa) == name

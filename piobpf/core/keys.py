@@ -9,6 +9,32 @@ from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
 READ, WRITE = "read", "write"
+IO, MMIO = "io", "mmio"     # the address spaces, as JSON rows name them
+
+
+class Gpa(int):
+    """A guest-physical address in a key: Key(direction, Gpa(gpa), ...) counts
+    MMIO where Key(direction, port, ...) counts port I/O. It is never equal to
+    the port of the same number, so one Snapshot holds both spaces and every
+    key keeps its shape; it orders and formats as the int it is."""
+    __slots__ = ()
+
+    def __eq__(self, other):
+        return type(other) is Gpa and int(self) == int(other)
+
+    def __ne__(self, other):
+        return not self == other
+
+    def __hash__(self):
+        return hash((MMIO, int(self)))
+
+    def __repr__(self):
+        return f"Gpa({int(self):#x})"
+
+
+def space(address):
+    """IO or MMIO: the space of a key's address."""
+    return MMIO if type(address) is Gpa else IO
 
 
 class Proc(NamedTuple):

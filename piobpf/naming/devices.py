@@ -26,11 +26,12 @@ import sys
 import threading
 import time
 
+from . import mmiomap
 from . import monitor
 from . import mtree
 from . import vms
 from . import qemucmd
-from ..core.keys import WRITE, Key
+from ..core.keys import MMIO, WRITE, Key, space
 
 VMM, IOPORTS_FILE, HOST_IOPORTS = "vmm", "ioports-file", "host-ioports"
 TIMEOUT = 1.0       # seconds one monitor query may take
@@ -189,6 +190,8 @@ class DeviceNames:
         self.table, self.source, self.maps = table, source, maps
 
     def __call__(self, port, proc=None):
+        if space(port) == MMIO:     # VMs' memory maps are not read yet: the PC's fixed table
+            return mmiomap.lookup(port), mmiomap.PC_FIXED
         if self.maps:
             if proc is not None:
                 found = self.maps.map_of(proc)

@@ -1,4 +1,4 @@
-"""A VM's own port map from QEMU's `info mtree -f -o` (pure: text in, names out).
+"""A VM's own port and MMIO maps from QEMU's `info mtree -f -o` (pure: text in, names out).
 
 The flat view (-f) is QEMU's resolved map: overlapping and nested regions are
 already cut down to what the guest reaches, highest priority first, so every
@@ -14,6 +14,24 @@ port is in at most one line. The "I/O" address space looks like
 A device is named by its region and, where the user gave the device an id,
 that id: `virtio-pci disk0`, `e1000-io nic1`, `port92`. Pieces of the root
 region (`io @...`) are ports no device claims: QEMU's "unassigned" I/O.
+
+The "memory" address space (guest-physical addresses, 64-bit) is read the
+same way, into a map of its own:
+
+    FlatView #0
+     AS "memory", root: system
+     AS "cpu-memory-0", root: system
+     Root memory region: system
+      0000000000100000-0000000003ffffff (prio 0, ram): pc.ram @0000000000100000 owner:{obj path=/objects/pc.ram} KVM
+      00000000febc0000-00000000febdffff (prio 1, i/o): e1000-mmio owner:{dev id=nic1}
+      00000000febff000-00000000febfffff (prio 0, i/o): virtio-pci-notify-virtio-net owner:{dev id=net0}
+      00000000fee00000-00000000feefffff (prio 4096, i/o): kvm-apic-msi owner:{dev path=/machine/...}
+
+" KVM" ends the lines KVM maps as memory slots (RAM, ROM): named by their
+region (`pc.ram`, `pc.bios`). Their accesses exit only as writes to ROM.
+Addresses in no line are unassigned: the root region ("system") is a
+container that QEMU does not render, so a gap is simply absent. PCI BARs
+appear only once the guest's firmware has placed them.
 """
 
 import bisect
@@ -21,7 +39,8 @@ import heapq
 import re
 
 UNASSIGNED = "unassigned"
-# A real I/O map has tens of ranges; a monitor answering more is not a VM's
+IO, MEMORY = "I/O", "memory"    # the address spaces, as `AS "..."` names them
+# A real map has tens of ranges; a monitor answering more is not a VM's
 # device model worth the CPU (the 64 KiB port space, one port per range).
 MAX_RANGES = 65536
 
@@ -34,10 +53,13 @@ MAX_RANGES = 65536
 _HEAD = re.compile(r"\s*(?P<start>[0-9a-fA-F]+)-(?P<end>[0-9a-fA-F]+) \(prio (?P<prio>-?\d+), [^)]*\): ")
 _TAIL_REVERSED = re.compile(r"\s*(?:nahpro )?(?P<owner>(?:\}[^}]*\{:(?:renwo|tnerap) )*)(?:[0-9a-fA-F]+@ )?")
 _ID = re.compile(r"owner:\{\s*(?:dev\s+)?id=(?P<id>[^}\s]+)\}")   # older QEMU: "{ id=X}"
+_AS = re.compile(r'\s*AS "(?P<name>[^"]*)", root: (?P<root>.*?)\s*$')
+_SLOT = " KVM"          # a memory slot (RAM, ROM): after the owner groups
 
 
 class IoMap:
-    """Port -> device name of one VM; UNASSIGNED where no device claims it."""
+    """Port (or guest-physical address) -> device name of one VM; UNASSIGNED
+    where no device claims it."""
 
     def __init__(self, ranges):
         self._ranges = ranges               # (start, end, name), disjoint, sorted
@@ -46,33 +68,36 @@ class IoMap:
     def __len__(self):
         return len(self._ranges)
 
-    def lookup(self, port):
-        i = bisect.bisect_right(self._starts, port) - 1
-        if i >= 0 and port <= self._ranges[i][1]:
+    def lookup(self, address):
+        i = bisect.bisect_right(self._starts, address) - 1
+        if i >= 0 and address <= self._ranges[i][1]:
             return self._ranges[i][2]
         return UNASSIGNED
 
 
-def device_name(region, owner):
+def device_name(region, owner, root="io"):
     """`region id` when the owner is a device with an id, else the region's name."""
-    if region == "io":      # the root region itself: nothing there
+    if region == root:      # the root region itself: nothing there
         return UNASSIGNED
     m = _ID.search(owner or "")
     return f"{region} {m['id']}" if m and m["id"] != region else region
 
 
-def io_lines(text):
-    """The range lines of the flat view whose address spaces include "I/O"."""
-    view, in_io = [], False
+def space_lines(text, space=IO):
+    """The lines of the flat view whose address spaces include `space`, and
+    the name of its root region ("io", "system"); ([], None) without one."""
+    view, root = [], None
     for line in text.splitlines():
         if line.startswith("FlatView"):
-            if in_io:
+            if root is not None:
                 break
             view = []
-        elif line.strip() == 'AS "I/O", root: io':
-            in_io = True
+        else:
+            m = _AS.fullmatch(line)
+            if m and m["name"] == space:
+                root = m["root"]
         view.append(line)
-    return view if in_io else []
+    return (view, root) if root is not None else ([], None)
 
 
 def resolve(ranges):
@@ -103,19 +128,23 @@ def resolve(ranges):
     return out
 
 
-def parse(text):
-    """The I/O map in `info mtree -f [-o]` text; ValueError when there is none."""
+def parse(text, space=IO):
+    """The map of address space `space` (IO: ports, MEMORY: guest-physical
+    addresses) in `info mtree -f [-o]` text; ValueError when there is none."""
+    lines, root = space_lines(text, space)
     ranges = []
-    for line in io_lines(text):
+    for line in lines:
         m = _HEAD.match(line)
         if m:
             if len(ranges) == MAX_RANGES:
-                raise ValueError(f"more than {MAX_RANGES} ranges in the I/O map")
-            rest = line[m.end():]
+                raise ValueError(f"more than {MAX_RANGES} ranges in the {space} map")
+            rest = line.rstrip()[m.end():]
+            if rest.endswith(_SLOT):
+                rest = rest[:-len(_SLOT)]
             tail = _TAIL_REVERSED.match(rest[::-1])
             name, owner = rest[:len(rest) - tail.end()], tail["owner"][::-1]
             ranges.append((int(m["start"], 16), int(m["end"], 16), int(m["prio"]),
-                           device_name(name, owner)))
+                           device_name(name, owner, root)))
     if not ranges:
-        raise ValueError("no I/O address space in the monitor's answer")
+        raise ValueError(f"no {space} address space in the monitor's answer")
     return IoMap(resolve(ranges))

@@ -1,4 +1,8 @@
-"""Compare two results (A and B) per (direction, port) (pure)."""
+"""Compare two results (A and B) per (space, direction, address) (pure).
+
+Port I/O only, the output is as it always was. With MMIO in either result,
+the table and CSV gain a SPACE column (io or mmio) and name the address
+column ADDRESS; JSON rows always carry "space", and "port" or "gpa"."""
 
 import csv
 import io
@@ -7,17 +11,21 @@ from dataclasses import dataclass
 
 from tabulate import tabulate
 
-from ..core.keys import READ
+from ..core.keys import IO, MMIO, READ, space
 from ..core.snapshot import Counts
 
 
 @dataclass(frozen=True)
 class Diff:
     direction: str
-    port: int
+    port: int               # the address: a port, or a Gpa
     device: object
     events_a: int
     events_b: int
+
+    @property
+    def space(self):
+        return space(self.port)
 
     @property
     def diff(self):
@@ -50,7 +58,7 @@ def compare(a, b, name_of=lambda port: None):
         eb = b.counts.get(key, Counts()).events
         rows.append(Diff(key.direction, key.port, name_of(key.port), ea, eb))
     rows.sort(key=lambda r: (r.diff == 0, -abs(r.diff), -max(r.events_a, r.events_b),
-                             r.direction != READ, r.port))
+                             r.space != IO, r.direction != READ, r.port))
     return Comparison(rows, a.dropped, b.dropped)
 
 
@@ -64,26 +72,37 @@ def _side(name, dropped):
     return f"{name} ({dropped} events dropped: the kernel map was full)" if dropped else name
 
 
+def _has_mmio(c):
+    return any(r.space == MMIO for r in c.rows)
+
+
+def _address(r):
+    return f"{r.port:#06x}" if r.space == IO else f"{r.port:#010x}"
+
+
 def table(c, name_a, name_b, top=None):
     """The rows (the first `top` of them), then a verdict over all of them."""
     differ = sum(1 for r in c.rows if r.diff)
+    mmio = _has_mmio(c)
+    keys = "(space, direction, address)" if mmio else "(direction, port)"
     if not c.rows:
-        verdict = "no kvm_pio events in either result"
+        verdict = "no kvm_pio or kvm_mmio events in either result"
     elif differ:
-        verdict = f"{differ} of {len(c.rows)} (direction, port) counts differ"
+        verdict = f"{differ} of {len(c.rows)} {keys} counts differ"
     else:
-        verdict = f"all {len(c.rows)} (direction, port) counts are equal"
+        verdict = f"all {len(c.rows)} {keys} counts are equal"
     short = " and ".join(side for side, n in (("A", c.dropped_a), ("B", c.dropped_b)) if n)
     if short:
         verdict += f", but {short} dropped events: not equal"
     out = ""
     if c.rows:
-        body = [[r.direction, f"{r.port:#06x}", r.device or "-", r.events_a, r.events_b,
-                 f"{r.diff:+d}" if r.diff else "0", _pct(r)] for r in c.rows[:top]]
-        out = tabulate(body, ["DIR", "PORT", "DEVICE", "A", "B", "B-A", "%"],
+        body = [([r.space] if mmio else []) + [
+                    r.direction, _address(r), r.device or "-", r.events_a, r.events_b,
+                    f"{r.diff:+d}" if r.diff else "0", _pct(r)] for r in c.rows[:top]]
+        head = ["SPACE", "DIR", "ADDRESS"] if mmio else ["DIR", "PORT"]
+        out = tabulate(body, head + ["DEVICE", "A", "B", "B-A", "%"],
                        tablefmt="simple", disable_numparse=True,
-                       colalign=("left", "left", "left", "right", "right", "right", "right")
-                       ) + "\n\n"
+                       colalign=("left",) * (len(head) + 1) + ("right",) * 4) + "\n\n"
     return (f"{out}A: {_side(name_a, c.dropped_a)}\nB: {_side(name_b, c.dropped_b)}\n"
             f"{verdict}\n")
 
@@ -92,7 +111,8 @@ def to_json(c, name_a, name_b, top=None):
     return json.dumps({
         "a": name_a, "b": name_b, "dropped_a": c.dropped_a, "dropped_b": c.dropped_b,
         "equal": c.equal,
-        "rows": [{"direction": r.direction, "port": r.port, "device": r.device,
+        "rows": [{"space": r.space, "direction": r.direction,
+                  ("port" if r.space == IO else "gpa"): int(r.port), "device": r.device,
                   "events_a": r.events_a, "events_b": r.events_b, "diff": r.diff,
                   "diff_pct": r.diff_pct} for r in c.rows[:top]],
     }, separators=(",", ":")) + "\n"
@@ -102,9 +122,12 @@ def csv_text(c, name_a, name_b, top=None):
     """Rows only: dropped events are on stderr (as when tracing)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["direction", "port", "device", "events_a", "events_b", "diff"])
+    mmio = _has_mmio(c)
+    head = ["space", "direction", "address"] if mmio else ["direction", "port"]
+    w.writerow(head + ["device", "events_a", "events_b", "diff"])
     for r in c.rows[:top]:
-        w.writerow([r.direction, f"{r.port:#x}", r.device or "", r.events_a, r.events_b, r.diff])
+        w.writerow(([r.space] if mmio else []) + [r.direction, f"{r.port:#x}", r.device or "",
+                                                  r.events_a, r.events_b, r.diff])
     return buf.getvalue()
 
 

@@ -7,7 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from . import perfscript
-from ..core.keys import Key
+from ..core.keys import IO, MMIO, Gpa, Key
 from ..core.snapshot import Counts, Snapshot
 
 
@@ -15,7 +15,7 @@ from ..core.snapshot import Counts, Snapshot
 class Loaded:
     kind: str              # "json" or "perf"
     snapshot: Snapshot
-    names: dict            # port -> device, as the JSON recorded it
+    names: dict            # port or Gpa -> device, as the JSON recorded it
     malformed: int = 0
     first_malformed: str = ""
 
@@ -43,6 +43,17 @@ def _number(obj, field, top=_U64):
     return value
 
 
+def _address(row):
+    """A row's port, or its Gpa when "space" is "mmio" (no "space": a port,
+    as results written before MMIO was traced)."""
+    space = row.get("space", IO)
+    if space == IO:
+        return _number(row, "port", 0xffff)
+    if space == MMIO:
+        return Gpa(_number(row, "gpa"))
+    raise ValueError(f"bad space {reprlib.repr(space)}")
+
+
 def from_json(text):
     """Sum piobpf JSON objects (several when written with -i); ValueError if not ours."""
     try:
@@ -56,7 +67,7 @@ def from_json(text):
                     raise ValueError(f"bad direction {reprlib.repr(r['direction'])}")
                 if not isinstance(r.get("device"), (str, type(None))):
                     raise ValueError(f"bad device {reprlib.repr(r['device'])}")
-                key = Key(r["direction"], _number(r, "port", 0xffff))
+                key = Key(r["direction"], _address(r))
                 counts[key] += Counts(_number(r, "events"), _number(r, "bytes"))
                 if r.get("device"):
                     names[key[1]] = r["device"]
