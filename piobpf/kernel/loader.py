@@ -1,5 +1,6 @@
-"""Loading in a short-lived child: BCC (its LLVM, some 100 MB resident)
-never enters the process that keeps counting.
+"""Loading in a short-lived child: BCC and its LLVM (some 145 MB of the 172
+the exporter held with them, 2026-12-06) never enter the process that
+keeps counting.
 
 A forked child checks, compiles, loads and attaches the program with BCC,
 then hands this process, over a unix socket (SCM_RIGHTS), every fd that
