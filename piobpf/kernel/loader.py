@@ -105,8 +105,7 @@ def load(config):
     """The program of a CounterConfig, loaded and attached in a child; a
     TraceError of the child's is raised here, as it said it."""
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    sys.stderr.flush()      # else the child, which flushes its stderr, would repeat it
     pid = os.fork()
     if pid == 0:                    # never returns
         parent.close()
