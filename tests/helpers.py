@@ -24,7 +24,7 @@ def _kvm_pio_present():
                for t in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"))
 
 
-def _why_not_tracing():
+def why_not_tracing():
     if os.geteuid() != 0:
         return "needs root to load BPF programs"
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
@@ -35,8 +35,8 @@ def _why_not_tracing():
 
 
 # Skips only where the machine cannot trace; on a KVM host as root all run.
-needs_tracing = pytest.mark.skipif(_why_not_tracing() is not None,
-                                   reason=_why_not_tracing() or "")
+needs_tracing = pytest.mark.skipif(why_not_tracing() is not None,
+                                   reason=why_not_tracing() or "")
 
 
 def piobpf_cmd(*args):
