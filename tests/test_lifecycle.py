@@ -23,7 +23,9 @@ from piobpf.snapshot import Proc
 from test_names import fake_proc
 from test_prometheus import Exporter, get, prometheus, running, wait_for  # noqa: F401 (fixtures)
 
-MAP_SIZE = "64"     # a few VMs' keys: the churn fits only if exited VMs leave the map
+# A few VMs' keys (conftest's neighbour VM has a few dozen): the churn's 600 fit
+# only if exited VMs leave the map.
+MAP_SIZE = "128"
 HOLD = 0.1          # seconds a churn guest lives after its last exit
 WORKERS = 6         # churn guests alive at once
 RETENTION = 3       # seconds the churn's exporter serves an exited VM
@@ -126,13 +128,13 @@ def test_churn_every_vm_named_and_counted_exactly(running):
                 e0, b0 = summed.setdefault(key, {}).get(port, (0, 0))
                 summed[key][port] = (e0 + e, b0 + b)
     mine = {pid for pid, _, _, _ in warm + lives}
-    foreign = {key for key in groups(total["rows"]) if key[0] not in mine}
+    foreign = [r for r in total["rows"] if r["pid"] not in mine]
     for found in (groups(total["rows"]), summed):
         # Named, and exact: each process under its own name, nothing unnamed.
         assert {key: found.get(key) for key in ((pid, name) for pid, name, _, _ in lives)} == {
             (pid, name): expected for pid, name, expected, _ in lives}
         assert not [key for key in found if key[0] in mine and key[1] is None]
-    if not foreign:     # another's VM on the host may fill the small map
+    if len(foreign) <= int(MAP_SIZE) // 2:     # others' VMs on the host may fill the map
         assert total["dropped_events"] == 0
     # The kernel map holds the keys of running VMs only (others' on the
     # host, each a series), and the exporter has forgotten all of these.
