@@ -15,7 +15,8 @@ trap 'kill "${pids[@]}" 2>/dev/null || true; rm -f "$out"' EXIT
 guest --thread-name "CPU 0/KVM" r:0x3fd:1:2000 w:0x3f8:1:1 r:0x3fb:1:1; pids+=($!)
 guest --thread-name "CPU 0/KVM" --irqchip r:0x71:1:1 w:0x70:1:1 w:0x20:1:1 r:0x60:1:1; pids+=($!)
 
-piobpf -d "$seconds" -o "$out"
+# -p: only these guests, whatever other VMs on the host do.
+piobpf -d "$seconds" -o "$out" -p "$(IFS=,; echo "${pids[*]}")"
 cat "$out"
 # The busiest row (the third line, under the header) must be the serial port.
 if sed -n 3p "$out" | grep -Eq '^read +0x03fd +serial '; then
