@@ -4,13 +4,16 @@
 # culprit; the other makes background traffic (RTC, PIC, keyboard), paced by a
 # VMM that takes 200 us per keyboard read, so the serial poll stays on top
 # however the two share a busy host's CPUs.
+# It needs only what setup.sh installs, and /dev/kvm: the guests are piobpf's
+# own test guest, in pure Python.
 # Usage: sudo scripts/demo.sh [SECONDS]
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 seconds=${1:-5}
 "$repo/scripts/setup.sh"
+[ -w /dev/kvm ] || { echo "demo: needs /dev/kvm (a KVM host, as root)" >&2; exit 1; }
 
-guest() { PYTHONPATH="$repo" /usr/bin/python3 -m piobpf.guest --forever "$@" >/dev/null & }
+guest() { /usr/bin/python3 "$repo/tests/tools/guest.py" --forever "$@" >/dev/null & }
 out=$(mktemp)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -f "$out"' EXIT

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from helpers import ENV, PY, why_not_tracing
+from helpers import ENV, GUEST, why_not_tracing
 
 # The ports the tests use most, both directions, string I/O and sweeps, on
 # two vCPUs named as the tests' guests and QEMU name theirs.
@@ -40,7 +40,7 @@ def neighbour():
         return
     ops = NEIGHBOUR_OPS[0] + ["+"] + NEIGHBOUR_OPS[1]
     proc = subprocess.Popen(
-        [PY, "-m", "piobpf.guest", "--forever", "--wait", "-name", "guest=neighbour",
+        [*GUEST, "--forever", "--wait", "-name", "guest=neighbour",
          "--thread-name", "CPU {i}/KVM", *neighbour_delays(NEIGHBOUR_OPS[0] + NEIGHBOUR_OPS[1]),
          *ops], env=ENV, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:

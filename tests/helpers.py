@@ -11,12 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from piobpf import ioports, naming, perfrecord
-from piobpf.devices import HOST_IOPORTS, DeviceNames
+from piobpf.naming import ioports
+from piobpf.naming import names
+from tools import perfrecord
+from piobpf.naming.devices import HOST_IOPORTS, DeviceNames
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 ENV = dict(os.environ, PYTHONPATH=str(REPO), LC_ALL="C")
+# The scripted KVM guest (tests/tools/guest.py), as a command.
+GUEST = [PY, str(REPO / "tests" / "tools" / "guest.py")]
 
 
 def _kvm_pio_present():
@@ -63,10 +67,10 @@ def assert_one_line(out, rc, *words):
     assert out.stdout == ""
 
 
-def fixed_naming(names=None, by="port", labeler=None, source=HOST_IOPORTS, maps=None):
-    """A naming.Naming whose fallback table names ports from a {port: name} dict."""
-    table = ioports.IoPorts(ioports.Range(p, p, n, 0) for p, n in (names or {}).items())
-    return naming.Naming(DeviceNames(table, source, maps), by, labeler, maps)
+def fixed_naming(devices=None, by="port", labeler=None, source=HOST_IOPORTS, maps=None):
+    """A names.Names whose fallback table names ports from a {port: name} dict."""
+    table = ioports.IoPorts(ioports.Range(p, p, n, 0) for p, n in (devices or {}).items())
+    return names.Names(DeviceNames(table, source, maps), by, labeler, maps)
 
 
 def free_port(host="127.0.0.1"):
@@ -87,7 +91,7 @@ def sum_rows(text):
 
 
 def run_guest(*ops, thread_name=None, irqchip=False):
-    cmd = [PY, "-m", "piobpf.guest", *ops]
+    cmd = [*GUEST, *ops]
     if thread_name:
         cmd += ["--thread-name", thread_name]
     if irqchip:
@@ -101,7 +105,7 @@ class HeldGuest:
     """A guest process that waits to start (its pid known) and stays alive after."""
 
     def __init__(self, *ops, name=None, thread_name=None, args=()):
-        cmd = [PY, "-m", "piobpf.guest", "--wait", "--hold", *args, *ops]
+        cmd = [*GUEST, "--wait", "--hold", *args, *ops]
         if name:
             cmd += ["-name", f"guest={name},debug-threads=on"]
         if thread_name:

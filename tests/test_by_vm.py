@@ -5,7 +5,7 @@ import os
 import subprocess
 import threading
 
-from helpers import ENV, PY, HeldGuest, Traced, around, needs_tracing, piobpf_cmd
+from helpers import ENV, GUEST, HeldGuest, Traced, around, needs_tracing, piobpf_cmd
 
 pytestmark = needs_tracing
 
@@ -97,8 +97,8 @@ def test_vm_that_exits_keeps_counts_and_name():
     # A long interval: the name comes when the VM does (the kernel rings), not from reports.
     t = Traced("--format", "json", "--by", "vm", "-i", "60")
     # Runs for a second or more, then exits before the run ends.
-    gone = subprocess.Popen([PY, "-m", "piobpf.guest", "-name", "guest=gone", "r:0x3fd:1:150000"],
-                            env=ENV, stdout=subprocess.DEVNULL)
+    gone = subprocess.Popen([*GUEST, "-name", "guest=gone", "r:0x3fd:1:150000"], env=ENV,
+                            stdout=subprocess.DEVNULL)
     assert gone.wait(timeout=120) == 0
     rc, text, err = t.stop()
     assert rc == 0, err

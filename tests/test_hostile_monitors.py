@@ -11,7 +11,8 @@ import threading
 import time
 
 from helpers import HeldGuest, Traced, needs_tracing
-from piobpf import devices, mtree
+from piobpf.naming import devices
+from piobpf.naming import mtree
 from qemuvm import QemuVM, firmware_events, virtio_net
 
 pytestmark = needs_tracing
@@ -168,7 +169,7 @@ class Snapshot:
 def read_map(maps, vm, clock):
     """Ask again (the clock past REFRESH) and wait for the read to end."""
     clock[0] += devices.REFRESH
-    maps.learn(Snapshot)
+    maps.refresh(Snapshot)
     wait(vm)
 
 

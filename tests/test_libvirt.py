@@ -27,8 +27,10 @@ from xml.etree import ElementTree
 import pytest
 
 from helpers import Traced, needs_tracing
-from piobpf import monitor, mtree, qemucmd
-from piobpf.qemucmd import Monitor
+from piobpf.naming import monitor
+from piobpf.naming import mtree
+from piobpf.naming import qemucmd
+from piobpf.naming.qemucmd import Monitor
 
 pytestmark = needs_tracing
 

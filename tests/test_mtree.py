@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from piobpf import mtree
+from piobpf.naming import mtree
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # Real text, byte for byte (\r\n): Debian's QEMU 7.2, SeaBIOS booted, virtio-blk disk0 (legacy),
