@@ -53,7 +53,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 # The repository's, not an installed copy; the guest and perf helpers are the tests'.
 from tools import guest, perfrecord  # noqa: E402
+from tools.mtreegen import one_port_ranges  # noqa: E402
 from piobpf.core.keys import Key  # noqa: E402
+from piobpf.naming import mtree  # noqa: E402
 from piobpf.kernel.counter import CounterConfig, PioCounter  # noqa: E402
 
 PY = "/usr/bin/python3"
@@ -312,7 +314,7 @@ def syscall_costs(programs, rounds, calls):
     attached), in rounds that rotate the order; medians."""
     cpus = sorted(os.sched_getaffinity(0))
     other = str(cpus[-1])
-    names = [UNTRACED] + [n for n in programs.bpf if n != FLOOR]
+    names = [UNTRACED] + [n for n in programs.loaded if n != FLOOR]
     runs = {name: [] for name in names}
     for rnd in range(rounds):
         for name in names[rnd % len(names):] + names[:rnd % len(names)]:
@@ -416,9 +418,9 @@ def bpf_costs(programs, pic, rounds):
     made more than FOREIGN_MAX of the events is run again, up to RETRIES
     times, and the figures are the clean runs' (all runs' if none is);
     `foreign` keeps the share of each run kept."""
-    runs = {name: [] for name in programs.bpf}
-    retried = dict.fromkeys(programs.bpf, 0)
-    names = list(programs.bpf)
+    runs = {name: [] for name in programs.loaded}
+    retried = dict.fromkeys(programs.loaded, 0)
+    names = list(programs.loaded)
     for rnd in range(rounds):
         for name in names[rnd % len(names):] + names[:rnd % len(names)]:
             programs.use(name)
@@ -612,6 +614,20 @@ def full_map_read():
         counter.close()
 
 
+def map_parse_s(sizes=(4000, mtree.MAX_RANGES)):
+    """CPU seconds to parse a VM's map of n one-port ranges (median of 3):
+    what a hostile monitor's largest answer costs, re-read every REFRESH."""
+    out = {}
+    for n in sizes:
+        text, times = one_port_ranges(n), []
+        for _ in range(3):
+            t0 = time.process_time()
+            mtree.parse(text)
+            times.append(time.process_time() - t0)
+        out[str(n)] = statistics.median(times)
+    return {"map_parse_s": out}
+
+
 def map_memory(tracer):
     maps = tracer.bpf_fds("map")
     memlock = sum(int(m["memlock"]) for m in maps)
@@ -734,6 +750,7 @@ def run_bench(args, programs, result):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     result.update(full_map_read())
+    result.update(map_parse_s())
     result["loadavg_end"] = os.getloadavg()
     write(args.output, result)
     report(result)
@@ -767,7 +784,8 @@ def report(r):
                    ["TRACER", "THROUGHPUT (untraced = 1)", "VS FLOOR"], disable_numparse=True))
     print()
     print(tabulate([[k, v] for k, v in r.items()
-                    if not isinstance(v, (dict, list)) or k.startswith("loadavg")],
+                    if not isinstance(v, (dict, list)) or k.startswith("loadavg")]
+                   + [[f"map_parse_s ({n} ranges)", s] for n, s in r["map_parse_s"].items()],
                    tablefmt="plain"))
 
 

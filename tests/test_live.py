@@ -17,7 +17,10 @@ from helpers import (ENV, GUEST, MIXED, MIXED_EXPECTED, PY, HeldGuest, assert_on
                      needs_tracing, piobpf_cmd, run)
 from piobpf.core.keys import Key
 from piobpf.naming import ioports
-from piobpf.cli import live
+from piobpf.kernel.counter import CounterConfig
+from piobpf.naming.names import NamingConfig
+from piobpf.run.session import RunConfig
+from piobpf.sinks import live
 from piobpf.core.snapshot import Counts, Snapshot
 
 DEADLINE = 30       # seconds for anything to show on the screen
@@ -164,7 +167,8 @@ def test_rows_count_since_the_baseline_and_mark_devices_as_the_table_does():
     names = {10: "web1", 11: "db2"}
     naming = fixed_naming({0x3fd: "serial"}, "vm", lambda k: {"pid": k[2], "vm": names[k[2]]},
                           maps=Maps())
-    view = live.View(SimpleNamespace(args=SimpleNamespace(by="vm", latency=False), naming=naming))
+    view = live.View(SimpleNamespace(config=RunConfig(CounterConfig(by="vm"), NamingConfig()),
+                                     naming=naming))
     first = Snapshot({Key("read", 0x3fd, 10): Counts(50, 50), Key("read", 0x3fd, 11): Counts(30, 30)})
     view.paused = True                          # no screen here: intervals only count
     view.interval(first, 1.0)

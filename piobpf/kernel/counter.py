@@ -185,10 +185,10 @@ class PioCounter:
         """The cumulative counts of a few (direction, port) keys, by port only:
         a handful of lookups where a full read walks all 131072 slots."""
         counts = {}
-        for direction, port in keys:
-            c = self._counts[self._counts.Key((direction == WRITE) << 16 | port)]
+        for key in keys:
+            c = self._counts[self._counts.Key((key.direction == WRITE) << 16 | key.port)]
             if c.events:
-                counts[Key(direction, port)] = Counts(c.events, c.bytes)
+                counts[key] = Counts(c.events, c.bytes)
         return Snapshot(counts, self._dropped[0].value)
 
     # The lifecycle of VMs, by VM or vCPU.
