@@ -41,8 +41,9 @@ def get(url):
         return r.read().decode()
 
 
-def wait_for(what, probe):
-    """probe() until it returns something true; errors count as not yet."""
+def wait_for(what, probe, why=None):
+    """probe() until it returns something true; errors count as not yet.
+    `why()`: what to say besides when it never does (a server's own view)."""
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
         try:
@@ -52,7 +53,14 @@ def wait_for(what, probe):
         except OSError:
             pass
         time.sleep(0.2)
-    raise AssertionError(f"no {what} within {TIMEOUT} s")
+    raise AssertionError(f"no {what} within {TIMEOUT} s" + (f": {why()}" if why else ""))
+
+
+def targets(url):
+    """Prometheus's own word on its targets: health, last error, last scrape's length."""
+    active = json.loads(get(f"{url}/api/v1/targets"))["data"]["activeTargets"]
+    return [(t["scrapeUrl"], t["health"], t["lastError"], t["lastScrapeDuration"])
+            for t in active]
 
 
 @pytest.fixture
