@@ -98,16 +98,21 @@ def run_guest(*ops, thread_name=None, irqchip=False):
 
 
 class HeldGuest:
-    """A guest process that waits to start (its pid known) and stays alive after."""
+    """A guest process that waits to start (its pid known) and stays alive after.
 
-    def __init__(self, *ops, name=None, thread_name=None, args=()):
-        cmd = [PY, "-m", "piobpf.guest", "--wait", "--hold", *args, *ops]
+    program: what python runs (a script taking piobpf.guest's arguments);
+    user: (uid, gid) to run it as, no other groups."""
+
+    def __init__(self, *ops, name=None, thread_name=None, args=(),
+                 program=("-m", "piobpf.guest"), user=None):
+        cmd = [PY, *program, "--wait", "--hold", *args, *ops]
         if name:
             cmd += ["-name", f"guest={name},debug-threads=on"]
         if thread_name:
             cmd += ["--thread-name", thread_name]
+        ids = dict(user=user[0], group=user[1], extra_groups=[]) if user else {}
         self.proc = subprocess.Popen(cmd, env=ENV, text=True, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE)
+                                     stdout=subprocess.PIPE, **ids)
         assert self.proc.stdout.readline() == "ready\n"
         self.pid = self.proc.pid
 
@@ -122,6 +127,36 @@ class HeldGuest:
     def end(self):
         self.proc.stdin.close()
         assert self.proc.wait(timeout=60) == 0
+
+
+class ScriptedGuest(HeldGuest):
+    """A HeldGuest whose process serves its own monitor at `path`
+    (tests/scripted_vmm.py), saying `script` (a list of str, latin-1 bytes);
+    set_script() changes what the next connection hears. serve_only: a
+    process that serves the socket and is no VMM (no ops)."""
+
+    def __init__(self, ops, path, script, protocol="qmp", args=(), serve_only=False, **kw):
+        self.script_file, self.log = f"{path}.script", f"{path}.log"
+        self.set_script(script)
+        flag = "-qmp" if protocol == "qmp" else "-monitor"
+        program = (str(REPO / "tests" / "scripted_vmm.py"), self.script_file, self.log,
+                   *(["--serve-only"] if serve_only else []))
+        super().__init__(*ops, program=program,
+                         args=(flag, f"unix:{path},server=on", *args), **kw)
+
+    def set_script(self, script):
+        with open(self.script_file, "w") as f:
+            json.dump(script, f)
+
+    def connections(self):
+        """[bytes received] of each connection so far (None: under way)."""
+        try:
+            with open(self.log) as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            return []
+        got = [int(ln.split()[1]) for ln in lines if ln.startswith("got ")]
+        return got + [None] * (lines.count("connect") - len(got))
 
 
 class Traced:

@@ -241,17 +241,20 @@ class QemuVM:
     monitor: one of MONITORS. `qmp` and `hmp` are -qmp/-monitor on a unix
     socket, `chardev-*` the same through -chardev socket and -mon, `none` no
     socket at all (the harness talks to a -monitor on stdio). `extra`: more
-    QEMU arguments, paths relative to the VM's folder `dir`.
+    QEMU arguments, paths relative to the VM's folder `dir`. `user`: (uid,
+    gid) to run QEMU as, no other groups (the folder is theirs; /dev/kvm must
+    let them in).
     """
 
     def __init__(self, name, monitor="qmp", devices=(virtio_net(0xC000, 1000),), ops=(),
-                 marker=MARKER, extra=()):
+                 marker=MARKER, extra=(), user=None):
         args = ["-bios", "bios.bin", *extra]
         for d in devices:
             args += ["-device", d.arg()]
-        self._launch(name, monitor, marker, {"bios.bin": firmware(devices, ops, marker)}, args)
+        self._launch(name, monitor, marker, {"bios.bin": firmware(devices, ops, marker)}, args,
+                     user)
 
-    def _launch(self, name, monitor, marker, files, args):
+    def _launch(self, name, monitor, marker, files, args, user=None):
         """Start QEMU in a new temp dir holding `files`, with `args` (paths
         relative to that dir) besides the common ones; return once its monitor
         answers, which it does only after QEMU has built the machine."""
@@ -275,10 +278,14 @@ class QemuVM:
             theirs = None
             if monitor == "none":
                 self._stdio, theirs = socket.socketpair()
+            ids = {}
+            if user:
+                os.chown(self.dir, *user)
+                ids = dict(user=user[0], group=user[1], extra_groups=[])
             # QEMU holds its own copies; ours close once it has started.
             with open(self.log, "wb") as log, theirs or open(os.devnull, "rb") as stdin:
                 self.proc = subprocess.Popen(cmd, cwd=self.dir, stdin=stdin,
-                                             stdout=theirs or log, stderr=log)
+                                             stdout=theirs or log, stderr=log, **ids)
             self.pid = self.proc.pid
             self._talk(["info status"], stdio_banner=True)
         except BaseException:

@@ -26,7 +26,7 @@ from xml.etree import ElementTree
 
 import pytest
 
-from helpers import Traced, needs_tracing
+from helpers import HeldGuest, Traced, needs_tracing
 from piobpf import monitor, mtree, qemucmd
 from piobpf.qemucmd import Monitor
 
@@ -234,7 +234,7 @@ def booted(domains):
 
 
 def test_find_monitor_on_a_libvirt_command_line(booted):
-    assert qemucmd.find_monitor(booted.argv) == Monitor("libvirt", booted.uuid)
+    assert qemucmd.find_monitor(booted.argv) == Monitor("libvirt", booted.name)
     assert qemucmd.qemu_name(booted.argv) == booted.name
 
 
@@ -285,3 +285,31 @@ def test_a_domain_named_as_another_ones_id_is_asked_for_its_own_map(booted, doma
     assert mtree.parse(booted.hmp(monitor.QUERY)).lookup(0x3f8) == mtree.UNASSIGNED
     answer = monitor.ask(qemucmd.find_monitor(dom.argv), dom.pid, timeout=30)
     assert mtree.parse(answer).lookup(0x3f8) == f"serial {alias}"
+
+
+def test_a_vmm_naming_a_domain_libvirt_runs_elsewhere_is_not_asked(domains):
+    # Any KVM process may say it is a libvirt QEMU of any domain: libvirt's
+    # pid file of that domain names another process, so nothing is asked.
+    dom = domains("victim", paused=True)
+    guest = HeldGuest("r:0x92:1:77", name=dom.name, args=(
+        "-chardev", "socket,id=charmonitor,fd=3,server=on,wait=off",
+        "-mon", "chardev=charmonitor,id=monitor,mode=control"))
+    try:
+        t = Traced("--format", "json", "--by", "vm", "-p", str(guest.pid))
+        guest.start()
+        guest.wait_done()
+        time.sleep(1)   # a slow virsh would have answered by now
+        rc, out, err = t.stop()
+    finally:
+        guest.end()
+    assert rc == 0, err
+    assert err == (f"piobpf: vm {dom.name} (pid {guest.pid}): libvirt domain {dom.name}: "
+                   f"its pid file {monitor.LIBVIRT_RUN}/{dom.name}.pid names pid {dom.pid}, "
+                   f"not the VMM: not asked\n")
+    rows = json.loads(out)["rows"]
+    assert [(r["port"], r["events"], r["device_source"]) for r in rows] \
+        == [(0x92, 77, "host-ioports")]
+    # libvirt logs a domain's first custom monitor command; none came.
+    assert "custom-monitor" not in dom.qemu_log()
+    dom.hmp("info status")
+    assert "custom-monitor" in dom.qemu_log()
