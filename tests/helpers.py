@@ -148,22 +148,32 @@ class ScriptedGuest(HeldGuest):
         with open(self.script_file, "w") as f:
             json.dump(script, f)
 
-    def connections(self):
-        """[bytes received] of each connection so far (None: under way)."""
+    def connections(self, by):
+        """[bytes received] of each connection by process `by` so far (None:
+        under way). Connections are served one at a time, so a "got" line
+        is of the "connect" line before it."""
         try:
             with open(self.log) as f:
-                lines = f.read().splitlines()
+                lines = f.read().split()
         except FileNotFoundError:
             return []
-        got = [int(ln.split()[1]) for ln in lines if ln.startswith("got ")]
-        return got + [None] * (lines.count("connect") - len(got))
+        found, peer = [], None
+        for word, value in zip(lines[::2], lines[1::2]):
+            if word == "connect":
+                peer = int(value)
+                if peer == by:
+                    found.append(None)
+            elif peer == by:
+                found[-1] = int(value)
+        return found
 
 
 class Traced:
-    """A piobpf process, started and attached (its 'Tracing...' or 'Serving...' line seen)."""
+    """A piobpf process, started and attached (its 'Tracing...' or 'Serving...' line
+    seen); `wrap`: a command that runs it (setpriv ...)."""
 
-    def __init__(self, *args):
-        self.proc = subprocess.Popen(piobpf_cmd(*args), env=ENV, text=True,
+    def __init__(self, *args, wrap=()):
+        self.proc = subprocess.Popen([*wrap, *piobpf_cmd(*args)], env=ENV, text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         line = self.proc.stderr.readline()
         assert line.startswith(("Tracing", "Serving")), line + self.proc.stderr.read()

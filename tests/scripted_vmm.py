@@ -11,13 +11,15 @@ runs until stdin closes.
 SCRIPT is a file of a JSON list of strings (each a line's bytes as latin-1),
 read anew at each connection: the first is said at once, each next after a
 request line. The socket is made mode 0600, its owner whoever runs this.
-LOG gets a line per connection: "connect", then "got N" (bytes received)
-once the client has left.
+LOG gets a line per connection: "connect PID" (the client's pid, from
+SO_PEERCRED: other tracers on the host may connect too), then "got N"
+(bytes received) once the client has left.
 """
 
 import json
 import os
 import socket
+import struct
 import sys
 import threading
 
@@ -27,7 +29,9 @@ from piobpf import guest, qemucmd
 def serve(sock, script_file, log):
     while True:
         conn, _ = sock.accept()
-        log.write("connect\n")
+        peer = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                   struct.calcsize("3i")))[0]
+        log.write(f"connect {peer}\n")
         got = 0
         with conn:
             conn.settimeout(5)

@@ -91,7 +91,7 @@ def test_hostile_monitors_beside_a_real_qemu_still_named():
         assert len(said) == 1, (name, err)
         # Backed off, not asked at every one of the 10 s of configuration
         # writes (about 10 times).
-        asked = len(g.connections())
+        asked = len(g.connections(by=t.proc.pid))
         assert 1 <= asked <= backed_off(lasted), (name, asked, lasted)
     assert not [ln for ln in lines if f"pid {vm.pid}:" in ln], err
 
@@ -138,7 +138,7 @@ def test_an_unchanged_answer_is_not_parsed_again_and_a_huge_one_refused(tmp_path
         first = vm.map
         assert first.lookup(0x510) == "fwcfg"
         read_map(maps, vm, clock)
-        assert len(guest.connections()) == 2 and vm.map is first      # asked, not parsed
+        assert len(guest.connections(by=os.getpid())) == 2 and vm.map is first      # asked, not parsed
         guest.set_script(qmp_map(io_map((0x510, "fwcfg"), (0x92, "port92"))))
         read_map(maps, vm, clock)
         assert vm.map is not first and vm.map.lookup(0x92) == "port92"
@@ -146,7 +146,7 @@ def test_an_unchanged_answer_is_not_parsed_again_and_a_huge_one_refused(tmp_path
         kept = vm.map
         guest.set_script(qmp_map(io_map(*((p, "d") for p in range(mtree.MAX_RANGES + 1)))))
         read_map(maps, vm, clock)
-        assert len(guest.connections()) == 4 and vm.map is kept
+        assert len(guest.connections(by=os.getpid())) == 4 and vm.map is kept
         maps.scan()     # prints what the workers found
         err = capsys.readouterr().err
         assert err == (f"piobpf: pid {guest.pid}: no device map from its monitor (qmp {path}): "
