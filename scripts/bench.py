@@ -50,18 +50,22 @@ from pathlib import Path
 from tabulate import tabulate
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-# The repository's, not an installed copy.
-from piobpf import guest, perfrecord  # noqa: E402
-from piobpf.kernel import PioCounter  # noqa: E402
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+# The repository's, not an installed copy; the guest and perf helpers are the tests'.
+from tools import guest, perfrecord  # noqa: E402
+from tools.mtreegen import one_port_ranges  # noqa: E402
+from piobpf.core.keys import Key  # noqa: E402
+from piobpf.naming import mtree  # noqa: E402
+from piobpf.kernel.counter import CounterConfig, PioCounter  # noqa: E402
 
 PY = "/usr/bin/python3"
 ENV = dict(os.environ, PYTHONPATH=str(REPO))
+GUEST = [PY, str(REPO / "tests" / "tools" / "guest.py")]
 FLOOR = "floor (empty BPF)"
 UNTRACED = "untraced"
 LATENCY = "piobpf --latency"
 FLOOR_PROGRAM = "RAW_TRACEPOINT_PROBE(kvm_pio) { return 0; }"
-PROBE = b"raw_tracepoint__kvm_pio"     # what RAW_TRACEPOINT_PROBE(kvm_pio) names its function
+PROBE = "raw_tracepoint__kvm_pio"     # what RAW_TRACEPOINT_PROBE(kvm_pio) names its function
 BPFTRACE_PROGRAM = "tracepoint:kvm:kvm_pio { @[args->rw, args->port] = count(); }"
 FLOOR_CMD = [PY, "-c", "import sys; from bcc import BPF; b = BPF(text=sys.argv[1]); "
                        "print('Tracing', file=sys.stderr, flush=True); sys.stdin.read()",
@@ -77,7 +81,7 @@ BPF_STATS_RUN_TIME = 0      # enum bpf_stats_type
 
 def guest_throughput(ops):
     """In-kernel port reads a second, as a guest process itself timed its vCPU."""
-    out = subprocess.run([PY, "-m", "piobpf.guest", "--irqchip", f"r:0x21:1:{ops}"],
+    out = subprocess.run([*GUEST, "--irqchip", f"r:0x21:1:{ops}"],
                          env=ENV, capture_output=True, text=True, check=True).stdout
     seconds = float(out.split("seconds=")[1])
     return ops / seconds
@@ -177,6 +181,44 @@ def fdinfo(path):
                 if ":\t" in line)
 
 
+class Loaded:
+    """A BCC object the bench attaches and detaches itself, as piobpf's
+    PioCounter does: its own floor program, or a --before revision's
+    counter (older revisions have no public kernel API: their BCC object)."""
+
+    def __init__(self, bpf, owner=None):
+        self._bpf, self._owner = bpf, owner
+        # BCC attached each as it loaded: what to attach again.
+        self._points = (list(bpf.raw_tracepoint_fds), list(bpf.tracepoint_fds))
+
+    def attach(self):
+        raw, classic = self._points
+        for tp in raw:
+            self._bpf.attach_raw_tracepoint(tp=tp, fn_name=b"raw_tracepoint__" + tp)
+        for tp in classic:
+            self._bpf.attach_tracepoint(tp=tp, fn_name=b"tracepoint__" + tp.replace(b":", b"__"))
+
+    def detach(self):
+        raw, classic = self._points
+        for tp in raw:
+            self._bpf.detach_raw_tracepoint(tp=tp)
+        for tp in classic:
+            self._bpf.detach_tracepoint(tp=tp)
+
+    def stats(self):
+        out = {}
+        for name, f in self._bpf.funcs.items():
+            info = fdinfo(f"/proc/self/fdinfo/{f.fd}")
+            out[name.decode()] = (int(info["run_time_ns"]), int(info["run_cnt"]))
+        return out
+
+    def close(self):
+        if self._owner:
+            self._owner.close()
+        else:
+            self._bpf.cleanup()
+
+
 class Programs:
     """BPF programs on the kvm_pio raw tracepoint, loaded once in this
     process; `use` attaches one, then detaches the other, so the tracepoint
@@ -185,78 +227,60 @@ class Programs:
 
     def __init__(self, before=None):
         # piobpf's programs as piobpf itself builds and loads them, by port,
-        # by VM and with --latency (and that of a --before revision); their
-        # BPF objects, since attaching is the bench's to do here.
-        self._counters = {"piobpf": PioCounter(attach="raw"),
-                          "piobpf --by vm": PioCounter(attach="raw", by="vm"),
-                          LATENCY: PioCounter(attach="raw", latency=True)}
+        # by VM and with --latency (and that of a --before revision).
+        raw = dict(attach="raw")
+        self.loaded = {"piobpf": PioCounter(CounterConfig(**raw)),
+                       "piobpf --by vm": PioCounter(CounterConfig(by="vm", **raw)),
+                       LATENCY: PioCounter(CounterConfig(latency=True, **raw))}
         self.before = f"{LATENCY} @{before[0]}" if before else None
         if before:
-            self._counters[self.before] = before[1].PioCounter(attach="raw", latency=True)
-        self.bpf = {name: c._bpf for name, c in self._counters.items()}
+            old = before[1]
+            counter = (old.PioCounter(old.CounterConfig(latency=True, **raw))
+                       if hasattr(old, "CounterConfig") else old.PioCounter(latency=True, **raw))
+            self.loaded[self.before] = counter if hasattr(counter, "stats") else Loaded(
+                counter._bpf, counter)
         from bcc import BPF
-        self.bpf[FLOOR] = BPF(text=FLOOR_PROGRAM)
-        # BCC attached each as it loaded: what to attach again in `use`.
-        self._points = {name: (list(b.raw_tracepoint_fds), list(b.tracepoint_fds))
-                        for name, b in self.bpf.items()}
-        for name in self.bpf:
-            self._detach(name)
+        self.loaded[FLOOR] = Loaded(BPF(text=FLOOR_PROGRAM))
+        for program in self.loaded.values():
+            program.detach()
         self.on = None
-
-    def _attach(self, name):
-        """As BCC's autoload does, from the functions' names."""
-        raw, classic = self._points[name]
-        b = self.bpf[name]
-        for tp in raw:
-            b.attach_raw_tracepoint(tp=tp, fn_name=b"raw_tracepoint__" + tp)
-        for tp in classic:
-            b.attach_tracepoint(tp=tp, fn_name=b"tracepoint__" + tp.replace(b":", b"__"))
-
-    def _detach(self, name):
-        raw, classic = self._points[name]
-        b = self.bpf[name]
-        for tp in raw:
-            b.detach_raw_tracepoint(tp=tp)
-        for tp in classic:
-            b.detach_tracepoint(tp=tp)
 
     def use(self, name):
         if name != self.on:
-            self._attach(name)
+            self.loaded[name].attach()
             self.off()
             self.on = name
 
     def off(self):
         if self.on:
-            self._detach(self.on)
+            self.loaded[self.on].detach()
             self.on = None
 
     def resolve(self):
         """A --before revision that found kvm_run pages in /proc/PID/maps
         (until 2026-12) is told where this process's vCPU has it, else its
         exits would take its cheaper "unresolved" path."""
-        old = self._counters.get(self.before)
+        old = self.loaded.get(self.before)
+        old = getattr(old, "_owner", old)
         if hasattr(old, "resolve_runs"):
             old.resolve_runs([os.getpid()])
 
     def timed_exits(self):
         """The serial port's exits --latency's program has timed so far."""
-        t = self._counters[LATENCY].read().times.get(("read", SERIAL_LSR))
+        t = self.loaded[LATENCY].read().times.get(Key("read", SERIAL_LSR))
         return t.windows if t else 0
 
     def stats(self, name):
         """(run_time_ns of all its programs, run_cnt of its kvm_pio one),
         counted while bpf_stats() is on: a kvm_pio event costs what the mode
         runs for it on any tracepoint."""
-        info = {fn: fdinfo(f"/proc/self/fdinfo/{f.fd}") for fn, f in self.bpf[name].funcs.items()}
-        return (sum(int(i["run_time_ns"]) for i in info.values()),
-                int(info[PROBE]["run_cnt"]))
+        stats = self.loaded[name].stats()
+        return sum(ns for ns, _ in stats.values()), stats[PROBE][1]
 
     def close(self):
         self.off()
-        for counter in self._counters.values():
-            counter.close()
-        self.bpf[FLOOR].cleanup()
+        for program in self.loaded.values():
+            program.close()
 
 
 def load_revision(rev, tmp):
@@ -271,7 +295,10 @@ def load_revision(rev, tmp):
     os.rename(os.path.join(tmp, "piobpf"), os.path.join(tmp, name))
     sys.path.insert(0, tmp)
     import importlib
-    return short, importlib.import_module(f"{name}.kernel")
+    try:        # the kernel layer's counter, since it has a folder of its own
+        return short, importlib.import_module(f"{name}.kernel.counter")
+    except ImportError:
+        return short, importlib.import_module(f"{name}.kernel")
 
 
 SYSCALL_LOOP = ("import os, sys, time\n"
@@ -287,7 +314,7 @@ def syscall_costs(programs, rounds, calls):
     attached), in rounds that rotate the order; medians."""
     cpus = sorted(os.sched_getaffinity(0))
     other = str(cpus[-1])
-    names = [UNTRACED] + [n for n in programs.bpf if n != FLOOR]
+    names = [UNTRACED] + [n for n in programs.loaded if n != FLOOR]
     runs = {name: [] for name in names}
     for rnd in range(rounds):
         for name in names[rnd % len(names):] + names[:rnd % len(names)]:
@@ -391,9 +418,9 @@ def bpf_costs(programs, pic, rounds):
     made more than FOREIGN_MAX of the events is run again, up to RETRIES
     times, and the figures are the clean runs' (all runs' if none is);
     `foreign` keeps the share of each run kept."""
-    runs = {name: [] for name in programs.bpf}
-    retried = dict.fromkeys(programs.bpf, 0)
-    names = list(programs.bpf)
+    runs = {name: [] for name in programs.loaded}
+    retried = dict.fromkeys(programs.loaded, 0)
+    names = list(programs.loaded)
     for rnd in range(rounds):
         for name in names[rnd % len(names):] + names[:rnd % len(names)]:
             programs.use(name)
@@ -575,7 +602,7 @@ def full_map_read():
     """One read of a map holding all 131072 (direction, port) keys, seconds (median of 5)."""
     counter = PioCounter()
     try:
-        subprocess.run([PY, "-m", "piobpf.guest", "r:0-0xffff", "w:0-0xffff"], env=ENV,
+        subprocess.run([*GUEST, "r:0-0xffff", "w:0-0xffff"], env=ENV,
                        check=True, capture_output=True)
         times, keys = [], 0
         for _ in range(5):
@@ -585,6 +612,20 @@ def full_map_read():
         return {"full_map_read_s": statistics.median(times), "full_map_keys": keys}
     finally:
         counter.close()
+
+
+def map_parse_s(sizes=(4000, mtree.MAX_RANGES)):
+    """CPU seconds to parse a VM's map of n one-port ranges (median of 3):
+    what a hostile monitor's largest answer costs, re-read every REFRESH."""
+    out = {}
+    for n in sizes:
+        text, times = one_port_ranges(n), []
+        for _ in range(3):
+            t0 = time.process_time()
+            mtree.parse(text)
+            times.append(time.process_time() - t0)
+        out[str(n)] = statistics.median(times)
+    return {"map_parse_s": out}
 
 
 def map_memory(tracer):
@@ -709,6 +750,7 @@ def run_bench(args, programs, result):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     result.update(full_map_read())
+    result.update(map_parse_s())
     result["loadavg_end"] = os.getloadavg()
     write(args.output, result)
     report(result)
@@ -742,7 +784,8 @@ def report(r):
                    ["TRACER", "THROUGHPUT (untraced = 1)", "VS FLOOR"], disable_numparse=True))
     print()
     print(tabulate([[k, v] for k, v in r.items()
-                    if not isinstance(v, (dict, list)) or k.startswith("loadavg")],
+                    if not isinstance(v, (dict, list)) or k.startswith("loadavg")]
+                   + [[f"map_parse_s ({n} ranges)", s] for n, s in r["map_parse_s"].items()],
                    tablefmt="plain"))
 
 

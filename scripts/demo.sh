@@ -2,13 +2,16 @@
 # Set up, start two built-in guests, trace them with piobpf for a few seconds.
 # One guest busy-polls the serial line status register 0x3fd, like the seed's
 # culprit; the other makes background traffic (RTC, PIC, keyboard).
+# It needs only what setup.sh installs, and /dev/kvm: the guests are piobpf's
+# own test guest, in pure Python.
 # Usage: sudo scripts/demo.sh [SECONDS]
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 seconds=${1:-5}
 "$repo/scripts/setup.sh"
+[ -w /dev/kvm ] || { echo "demo: needs /dev/kvm (a KVM host, as root)" >&2; exit 1; }
 
-guest() { PYTHONPATH="$repo" /usr/bin/python3 -m piobpf.guest --forever "$@" >/dev/null & }
+guest() { /usr/bin/python3 "$repo/tests/tools/guest.py" --forever "$@" >/dev/null & }
 out=$(mktemp)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -f "$out"' EXIT

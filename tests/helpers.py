@@ -11,12 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from piobpf import ioports, naming, perfrecord
-from piobpf.devices import HOST_IOPORTS, DeviceNames
+from piobpf.naming import ioports
+from piobpf.naming import names
+from tools import perfrecord
+from piobpf.naming.devices import HOST_IOPORTS, DeviceNames
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 ENV = dict(os.environ, PYTHONPATH=str(REPO), LC_ALL="C")
+# The scripted KVM guest (tests/tools/guest.py), as a command.
+GUEST = [PY, str(REPO / "tests" / "tools" / "guest.py")]
 
 
 def _kvm_pio_present():
@@ -63,10 +67,10 @@ def assert_one_line(out, rc, *words):
     assert out.stdout == ""
 
 
-def fixed_naming(names=None, by="port", labeler=None, source=HOST_IOPORTS, maps=None):
-    """A naming.Naming whose fallback table names ports from a {port: name} dict."""
-    table = ioports.IoPorts(ioports.Range(p, p, n, 0) for p, n in (names or {}).items())
-    return naming.Naming(DeviceNames(table, source, maps), by, labeler, maps)
+def fixed_naming(devices=None, by="port", labeler=None, source=HOST_IOPORTS, maps=None):
+    """A names.Names whose fallback table names ports from a {port: name} dict."""
+    table = ioports.IoPorts(ioports.Range(p, p, n, 0) for p, n in (devices or {}).items())
+    return names.Names(DeviceNames(table, source, maps), by, labeler, maps)
 
 
 def free_port(host="127.0.0.1"):
@@ -87,7 +91,7 @@ def sum_rows(text):
 
 
 def run_guest(*ops, thread_name=None, irqchip=False):
-    cmd = [PY, "-m", "piobpf.guest", *ops]
+    cmd = [*GUEST, *ops]
     if thread_name:
         cmd += ["--thread-name", thread_name]
     if irqchip:
@@ -100,11 +104,11 @@ def run_guest(*ops, thread_name=None, irqchip=False):
 class HeldGuest:
     """A guest process that waits to start (its pid known) and stays alive after.
 
-    program: what python runs (a script taking piobpf.guest's arguments);
-    user: (uid, gid) to run it as, no other groups."""
+    program: what python runs (a script taking tests/tools/guest.py's
+    arguments); user: (uid, gid) to run it as, no other groups."""
 
-    def __init__(self, *ops, name=None, thread_name=None, args=(),
-                 program=("-m", "piobpf.guest"), user=None):
+    def __init__(self, *ops, name=None, thread_name=None, args=(), program=GUEST[1:],
+                 user=None):
         cmd = [PY, *program, "--wait", "--hold", *args, *ops]
         if name:
             cmd += ["-name", f"guest={name},debug-threads=on"]
@@ -131,7 +135,7 @@ class HeldGuest:
 
 class ScriptedGuest(HeldGuest):
     """A HeldGuest whose process serves its own monitor at `path`
-    (tests/scripted_vmm.py), saying `script` (a list of str, latin-1 bytes);
+    (tests/tools/scripted_vmm.py), saying `script` (a list of str, latin-1 bytes);
     set_script() changes what the next connection hears. serve_only: a
     process that serves the socket and is no VMM (no ops)."""
 
@@ -139,7 +143,7 @@ class ScriptedGuest(HeldGuest):
         self.script_file, self.log = f"{path}.script", f"{path}.log"
         self.set_script(script)
         flag = "-qmp" if protocol == "qmp" else "-monitor"
-        program = (str(REPO / "tests" / "scripted_vmm.py"), self.script_file, self.log,
+        program = (str(REPO / "tests" / "tools" / "scripted_vmm.py"), self.script_file, self.log,
                    *(["--serve-only"] if serve_only else []))
         super().__init__(*ops, program=program,
                          args=(flag, f"unix:{path},server=on", *args), **kw)

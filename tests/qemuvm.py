@@ -1,7 +1,7 @@
 """Real QEMU VMs doing known port I/O, for tests that need QEMU itself (its
 monitor, its device map) and not only KVM.
 
-QemuVM boots a tiny BIOS made here (no assembler, as piobpf/guest.py does):
+QemuVM boots a tiny BIOS made here (no assembler, as tests/tools/guest.py does):
 it gives PCI devices' I/O BARs the ports asked for, reads them, writes a
 marker to the serial port and halts. Every port instruction of it exits, so
 kvm:kvm_pio sees exactly the events that firmware_events() lists:
@@ -10,7 +10,7 @@ kvm:kvm_pio sees exactly the events that firmware_events() lists:
   to 0xcfc (4 bytes), the command register's address to 0xcf8 (4 bytes),
   and 1 (I/O space on) to 0xcfc (2 bytes): 2 writes of 0xcf8 and 2 of 0xcfc;
 - per device, `reads` times `in eax, dx` of its port (4 bytes each);
-- each op, e.g. "r:0x92" or "w:0x80:1:3" (piobpf.guest's syntax, plain in/out
+- each op, e.g. "r:0x92" or "w:0x80:1:3" (tests/tools/guest.py's syntax, plain in/out
   only; writes write 0), REPS times;
 - one byte written to 0x3f8 per byte of the marker.
 
@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from piobpf.guest import PortOp, parse_op
+from tools.guest import PortOp, parse_op
 
 QEMU = "/usr/bin/qemu-system-x86_64"
 MONITORS = ("qmp", "hmp", "chardev-qmp", "chardev-hmp", "none")

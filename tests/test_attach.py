@@ -8,7 +8,8 @@ import subprocess
 import pytest
 
 from helpers import ENV, needs_tracing, piobpf_cmd
-from piobpf.kernel import TraceError, choose_attach, find_tracefs, kvm_pio_fields
+from piobpf.core.errors import TraceError
+from piobpf.kernel.preflight import choose_attach, find_tracefs, kvm_pio_fields
 
 LAYOUT = ["rw", "port", "size", "count", "val"]
 

@@ -5,7 +5,7 @@ import os
 import subprocess
 import threading
 
-from helpers import ENV, PY, HeldGuest, Traced, needs_tracing, piobpf_cmd, run_guest
+from helpers import ENV, GUEST, PY, HeldGuest, Traced, needs_tracing, piobpf_cmd, run_guest
 
 pytestmark = needs_tracing
 
@@ -100,7 +100,7 @@ def test_vm_that_exits_keeps_counts_and_name():
     # A long interval: the name comes when the VM does (the kernel rings), not from reports.
     t = Traced("--format", "json", "--by", "vm", "-i", "60")
     # Runs for a second or more, then exits before the run ends.
-    out = subprocess.run([PY, "-m", "piobpf.guest", "-name", "guest=gone", "r:0x3fd:1:150000"],
+    out = subprocess.run([*GUEST, "-name", "guest=gone", "r:0x3fd:1:150000"],
                          env=ENV, capture_output=True, text=True)
     assert out.returncode == 0
     rc, text, err = t.stop()

@@ -6,8 +6,10 @@ import json
 import pytest
 
 from helpers import assert_one_line, run_piobpf
-from piobpf import compare, results
-from piobpf.snapshot import Counts, Snapshot
+from piobpf.core.keys import Key
+from piobpf.offline import compare
+from piobpf.offline import results
+from piobpf.core.snapshot import Counts, Snapshot
 from test_perfscript import EXPECTED, FIXTURES
 
 PERF = str(FIXTURES / "perf-default.txt")
@@ -15,7 +17,7 @@ PERF = str(FIXTURES / "perf-default.txt")
 
 def as_json(counts, duration=1.0):
     rows = [{"direction": d, "port": p, "device": None, "events": c.events, "bytes": c.bytes}
-            for (d, p), c in counts.items()]
+            for (d, p, _, _), c in counts.items()]
     return json.dumps({"duration_s": duration, "dropped_events": 0,
                        "total_events": sum(c.events for c in counts.values()), "rows": rows})
 
@@ -24,7 +26,7 @@ def test_from_perf_json_has_the_perf_counts():
     out = run_piobpf("--from-perf", PERF, "--format", "json", "--ioports", "/dev/null")
     assert out.returncode == 0, out.stderr
     obj = json.loads(out.stdout)
-    assert {(r["direction"], r["port"]): Counts(r["events"], r["bytes"])
+    assert {Key(r["direction"], r["port"]): Counts(r["events"], r["bytes"])
             for r in obj["rows"]} == EXPECTED
     assert obj["total_events"] == 13
 
@@ -49,12 +51,12 @@ def test_from_perf_reports_malformed_lines():
 
 
 def test_load_detects_json_lines_and_perf():
-    one = results.load(io.StringIO(as_json({("read", 1): Counts(2, 2)})))
-    lines = results.load(io.StringIO(as_json({("read", 1): Counts(2, 2)}) + "\n"
-                                     + as_json({("read", 1): Counts(3, 6)}) + "\n"))
+    one = results.load(io.StringIO(as_json({Key("read", 1): Counts(2, 2)})))
+    lines = results.load(io.StringIO(as_json({Key("read", 1): Counts(2, 2)}) + "\n"
+                                     + as_json({Key("read", 1): Counts(3, 6)}) + "\n"))
     perf = results.load(open(PERF))
     assert one.kind == lines.kind == "json" and perf.kind == "perf"
-    assert lines.snapshot.counts == {("read", 1): Counts(5, 8)}
+    assert lines.snapshot.counts == {Key("read", 1): Counts(5, 8)}
     assert perf.snapshot.counts == EXPECTED
 
 
@@ -64,10 +66,10 @@ def test_load_rejects_json_that_is_not_ours():
 
 
 def test_differing_rows_come_first():
-    a = Snapshot({("read", 1): Counts(5, 5), ("read", 2): Counts(100, 100),
-                  ("write", 3): Counts(7, 7)})
-    b = Snapshot({("read", 1): Counts(5, 5), ("read", 2): Counts(90, 90),
-                  ("read", 4): Counts(1, 1)})
+    a = Snapshot({Key("read", 1): Counts(5, 5), Key("read", 2): Counts(100, 100),
+                  Key("write", 3): Counts(7, 7)})
+    b = Snapshot({Key("read", 1): Counts(5, 5), Key("read", 2): Counts(90, 90),
+                  Key("read", 4): Counts(1, 1)})
     rows = compare.compare(a, b).rows
     assert [(r.direction, r.port, r.diff) for r in rows] == [
         ("read", 2, -10), ("write", 3, -7), ("read", 4, 1), ("read", 1, 0)]
@@ -78,7 +80,7 @@ def test_compare_exit_codes(tmp_path):
     same = tmp_path / "same.json"
     same.write_text(as_json(EXPECTED))
     other = tmp_path / "other.json"
-    other.write_text(as_json({**EXPECTED, ("read", 0x3fd): Counts(4, 4)}))
+    other.write_text(as_json({**EXPECTED, Key("read", 0x3fd): Counts(4, 4)}))
     equal = run_piobpf("--compare", PERF, str(same))
     assert equal.returncode == 0, equal.stderr
     assert "all 7 (direction, port) counts are equal" in equal.stdout
@@ -166,7 +168,7 @@ def test_load_rejects_values_that_are_not_counts(text, why):
 
 
 def test_json_lines_error_names_its_own_line():
-    text = as_json({("read", 1): Counts(2, 2)}) + "\n" + '{"rows": [1,]}\n'
+    text = as_json({Key("read", 1): Counts(2, 2)}) + "\n" + '{"rows": [1,]}\n'
     with pytest.raises(ValueError, match="line 2 column 13"):
         results.load(io.StringIO(text))
 
@@ -214,7 +216,7 @@ def test_from_perf_refuses_what_is_not_perf_script_text():
 
 
 def test_a_side_that_dropped_events_is_never_equal():
-    counts = {("read", 0x3fd): Counts(1, 1)}
+    counts = {Key("read", 0x3fd): Counts(1, 1)}
     c = compare.compare(Snapshot(counts), Snapshot(counts, dropped=5))
     assert [r.diff for r in c.rows] == [0] and not c.equal
     assert compare.table(c, "a.txt", "b.json").endswith(

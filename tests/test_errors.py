@@ -32,7 +32,7 @@ def test_unwritable_output(tmp_path):
 @needs_tracing   # privileges, tracefs and the tracepoint are checked before bcc
 def test_bcc_missing_says_how_to_install():
     code = ("import sys; sys.modules['bcc'] = None\n"   # as if python3-bpfcc were absent
-            "from piobpf.cli import main; sys.exit(main(['-d', '1']))")
+            "from piobpf.cli.main import main; sys.exit(main(['-d', '1']))")
     assert_one_line(run([PY, "-c", code]), 1, "python3-bpfcc")
 
 

@@ -6,10 +6,12 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from helpers import fixed_naming
-from piobpf import exporter, names
-from piobpf.args import parse_args
-from piobpf.errors import CliError
-from piobpf.snapshot import Counts, Proc, Snapshot
+from piobpf.core.keys import Key, Proc
+from piobpf.sinks import exporter
+from piobpf.naming import vms
+from piobpf.cli.args import parse_args
+from piobpf.core.errors import CliError
+from piobpf.core.snapshot import Counts, Snapshot
 
 NAMES = {0x3fd: "serial", 0x3f8: "serial"}
 
@@ -20,8 +22,8 @@ def samples(fams):
 
 
 def test_port_mode_families():
-    snap = Snapshot({("read", 0x3fd): Counts(1234, 1234), ("write", 0x3f8): Counts(56, 112),
-                     ("write", 0xd010): Counts(3, 12)}, dropped=7)
+    snap = Snapshot({Key("read", 0x3fd): Counts(1234, 1234), Key("write", 0x3f8): Counts(56, 112),
+                     Key("write", 0xd010): Counts(3, 12)}, dropped=7)
     fams = exporter.families(snap, fixed_naming(NAMES), 4096)
     assert [(f.name, f.type) for f in fams] == [
         ("piobpf_pio_events", "counter"), ("piobpf_pio_bytes", "counter"),
@@ -47,18 +49,18 @@ START = 4242        # every fake process's start time
 P10, P20 = Proc(10, START), Proc(20, START)
 
 
-def labeler(tmp_path, by, vms, comms=None):
-    """names.Labeler over a fake /proc holding processes named `vms` {pid: name}."""
-    for pid, name in vms.items():
+def labeler(tmp_path, by, processes, comms=None):
+    """vms.Labeler over a fake /proc holding `processes` {pid: name}."""
+    for pid, name in processes.items():
         (tmp_path / str(pid)).mkdir()
         (tmp_path / str(pid) / "comm").write_text(name + "\n")
         (tmp_path / str(pid) / "stat").write_text(f"{pid} ({name}) S" + " 0" * 18
                                                   + f" {START}\n")
-    return names.Labeler(by, comms or {}, proc=str(tmp_path))
+    return vms.Labeler(by, comms or {}, proc=str(tmp_path))
 
 
 def test_vm_mode_labels_vm_and_pid(tmp_path):
-    snap = Snapshot({("read", 0x3fd, P10): Counts(5, 5), ("read", 0x3fd, P20): Counts(2, 2)})
+    snap = Snapshot({Key("read", 0x3fd, P10): Counts(5, 5), Key("read", 0x3fd, P20): Counts(2, 2)})
     fams = exporter.families(
         snap, fixed_naming(NAMES, "vm", labeler(tmp_path, "vm", {10: "web1"})), 100, "vm")
     events = {dict(s.labels)["pid"]: (dict(s.labels), s.value) for s in fams[0].samples}
@@ -71,8 +73,8 @@ def test_vm_mode_labels_vm_and_pid(tmp_path):
 
 
 def test_vcpu_mode_labels_and_threads_of_one_name_summed(tmp_path):
-    snap = Snapshot({("read", 0x60, P10, 11): Counts(1, 2), ("read", 0x60, P10, 12): Counts(3, 6),
-                     ("read", 0x60, P10, 13): Counts(4, 8), ("read", 0x60, P10, 14): Counts(5, 10)})
+    snap = Snapshot({Key("read", 0x60, P10, 11): Counts(1, 2), Key("read", 0x60, P10, 12): Counts(3, 6),
+                     Key("read", 0x60, P10, 13): Counts(4, 8), Key("read", 0x60, P10, 14): Counts(5, 10)})
     comms = {(P10, 11): "CPU 0/KVM", (P10, 12): "CPU 0/KVM", (P10, 13): "CPU 1/KVM",
              (P10, 14): "worker"}
     naming = fixed_naming(NAMES, "vcpu", labeler(tmp_path, "vcpu", {10: "db2"}, comms))
@@ -93,7 +95,6 @@ class FixedSession:
 
     def __init__(self, naming, *snapshots, came=()):
         self.naming, self.snapshots, self.capacity = naming, list(snapshots), 100
-        self.latency = False
         self.came, self.expired, self.entries = list(came), [], 1
 
     def sync(self):
@@ -111,8 +112,8 @@ class FixedSession:
 def test_collector_reads_at_each_scrape_and_nothing_once_closed(tmp_path):
     naming = fixed_naming(NAMES, "vm", labeler(tmp_path, "vm", {10: "web1"}))
     collector = exporter.PioCollector(FixedSession(
-        naming, Snapshot({("read", 0x3fd, P10): Counts(1, 1)}),
-        Snapshot({("read", 0x3fd, P10): Counts(9, 9)})), retention=300)
+        naming, Snapshot({Key("read", 0x3fd, P10): Counts(1, 1)}),
+        Snapshot({Key("read", 0x3fd, P10): Counts(9, 9)})), retention=300)
     registry = CollectorRegistry()
     registry.register(collector)
     line = ('piobpf_pio_events_total{device="serial",direction="read",pid="10",port="0x3fd",'

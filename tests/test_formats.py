@@ -3,13 +3,14 @@ import io
 import json
 
 from helpers import awk_pipeline, fixed_naming
-from piobpf import formats
-from piobpf.report import make_report
-from piobpf.snapshot import Counts, Snapshot
+from piobpf.core.keys import Key
+from piobpf.sinks import formats
+from piobpf.rows.report import make_report
+from piobpf.core.snapshot import Counts, Snapshot
 
-SNAP = Snapshot({("read", 0x3fd): Counts(9994, 9994), ("read", 0x3fb): Counts(4, 4),
-                 ("write", 0x20): Counts(1, 1), ("write", 0x21): Counts(1, 1),
-                 ("read", 0x60): Counts(4, 64)}, dropped=0)
+SNAP = Snapshot({Key("read", 0x3fd): Counts(9994, 9994), Key("read", 0x3fb): Counts(4, 4),
+                 Key("write", 0x20): Counts(1, 1), Key("write", 0x21): Counts(1, 1),
+                 Key("read", 0x60): Counts(4, 64)}, dropped=0)
 NAMES = fixed_naming({0x3fd: "serial", 0x3fb: "serial", 0x20: "pic1", 0x21: "pic1"})
 
 
@@ -77,7 +78,7 @@ def test_table_of_nothing():
 def perf_lines():
     """perf script text whose counts are SNAP's (thread names without spaces)."""
     out = []
-    for (d, port), c in SNAP.counts.items():
+    for (d, port, _, _), c in SNAP.counts.items():
         for i in range(c.events):
             out.append(f"qemu-system-x86 10042 [000] 313831.{i:06d}: kvm:kvm_pio: "
                        f"pio_{d} at {port:#x} size 1 count 1 val 0x60\n")
@@ -89,5 +90,5 @@ def test_seed_is_byte_identical_to_the_awk_pipeline(tmp_path):
 
 
 def test_seed_label_is_cut_at_16_like_awk():
-    long = make_report(Snapshot({("read", 0xffff): Counts(1, 1)}), 1, NAMES)
+    long = make_report(Snapshot({Key("read", 0xffff): Counts(1, 1)}), 1, NAMES)
     assert formats.seed(long) == "R:0xffff         1\n"

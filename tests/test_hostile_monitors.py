@@ -10,7 +10,8 @@ import tempfile
 import time
 
 from helpers import ScriptedGuest, Traced, needs_tracing
-from piobpf import devices, mtree
+from piobpf.naming import devices
+from piobpf.naming import mtree
 from qemuvm import QemuVM, firmware_events, virtio_net
 
 pytestmark = needs_tracing
@@ -115,7 +116,7 @@ class Snapshot:
 def read_map(maps, vm, clock):
     """Ask again (the clock past REFRESH) and wait for the read to end."""
     clock[0] += devices.REFRESH
-    maps.learn(Snapshot)
+    maps.refresh(Snapshot)
     wait(vm)
 
 

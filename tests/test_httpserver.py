@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 
-from piobpf import httpserver
+from piobpf.sinks import httpserver
 
 GET = b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n"
 WAIT = 10.0     # s: far more than any answer here takes

@@ -1,6 +1,6 @@
 import pytest
 
-from piobpf import ioports
+from piobpf.naming import ioports
 
 SAMPLE = """\
 0000-0cf7 : PCI Bus 0000:00

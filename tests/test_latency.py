@@ -11,8 +11,12 @@ import time
 import pytest
 
 from helpers import HeldGuest, Traced, around, by_key, needs_tracing, run_guest
-from piobpf import exporter, formats, kernel
-from piobpf.snapshot import Times
+from piobpf.core.keys import Key
+from piobpf.sinks import exporter
+from piobpf.sinks import formats
+from piobpf.kernel.counter import CounterConfig, PioCounter
+from piobpf.kernel.program import HIST_SLOTS, MAX_WINDOW_NS
+from piobpf.core.snapshot import Times
 
 DELAY_US = 500
 
@@ -48,9 +52,9 @@ def test_times_add_and_subtract():
 
 
 def test_prometheus_histogram_buckets_are_cumulative_seconds():
-    hist = [0] * kernel.HIST_SLOTS
+    hist = [0] * HIST_SLOTS
     hist[3], hist[11], hist[18] = 2, 5, 1           # 4-7 ns, 1-2 us, 131-262 us
-    family = exporter.exit_seconds({("read", "0x3fd", "serial"): Times(8, 200_000, 150_000,
+    family = exporter.exit_seconds({Key("read", "0x3fd", "serial"): Times(8, 200_000, 150_000,
                                                                       tuple(hist))}, "port")
     samples = {(s.name, s.labels.get("le")): s.value for s in family.samples}
     assert samples[("piobpf_pio_exit_seconds_bucket", repr(1024 / 1e9))] == 2
@@ -140,9 +144,9 @@ class ProgTestRunAttr(ctypes.Structure):
                 ("batch_size", ctypes.c_uint32)]
 
 
-def run_raw_tracepoint(bpf, name, *args):
+def run_raw_tracepoint(counter, name, *args):
     """Run a loaded raw-tracepoint program once, in this thread, with these arguments."""
-    fd = bpf.load_func(f"raw_tracepoint__{name}".encode(), bpf.RAW_TRACEPOINT).fd
+    fd = counter.program_fds()[f"raw_tracepoint__{name}"]
     ctx = (ctypes.c_uint64 * max(len(args), 1))(*args)
     attr = ProgTestRunAttr(prog_fd=fd, ctx_in=ctypes.addressof(ctx), ctx_size_in=8 * len(args))
     libc = ctypes.CDLL(None, use_errno=True)
@@ -155,22 +159,21 @@ def test_in_kernel_exit_window_from_kvm_exit_to_kvm_entry():
     # kvm_exit and kvm_entry never fire on this nested host, so the kernel
     # runs the real programs with the tracepoints' arguments: a PIC read
     # (rw 0, port 0x21, size 1, count 1) handled between exit and entry.
-    counter = kernel.PioCounter(latency=True, pids=(os.getpid(),))   # only what we run
+    counter = PioCounter(CounterConfig(latency=True, pids=(os.getpid(),)))   # only what we run
     try:
-        bpf = counter._bpf
-        run_raw_tracepoint(bpf, "kvm_exit", 0, 0, 0)
-        run_raw_tracepoint(bpf, "kvm_pio", 0, 0x21, 1, 1, 0)
+        run_raw_tracepoint(counter, "kvm_exit", 0, 0, 0)
+        run_raw_tracepoint(counter, "kvm_pio", 0, 0x21, 1, 1, 0)
         time.sleep(0.002)
-        run_raw_tracepoint(bpf, "kvm_entry", 0)
+        run_raw_tracepoint(counter, "kvm_entry", 0)
         # An exit with no port I/O between exit and entry is no port's time.
-        run_raw_tracepoint(bpf, "kvm_exit", 0, 0, 0)
-        run_raw_tracepoint(bpf, "kvm_entry", 0)
+        run_raw_tracepoint(counter, "kvm_exit", 0, 0, 0)
+        run_raw_tracepoint(counter, "kvm_entry", 0)
         snap = counter.read()
     finally:
         counter.close()
-    assert snap.counts[("read", 0x21)].events == 1
-    t = snap.times[("read", 0x21)]
-    assert t.windows == 1 and 2_000_000 <= t.time_ns == t.max_ns < kernel.MAX_WINDOW_NS
+    assert snap.counts[Key("read", 0x21)].events == 1
+    t = snap.times[Key("read", 0x21)]
+    assert t.windows == 1 and 2_000_000 <= t.time_ns == t.max_ns < MAX_WINDOW_NS
     assert sum(t.hist) == 1
 
 

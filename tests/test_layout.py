@@ -6,8 +6,9 @@ import struct
 
 import pytest
 
-from piobpf.kernel import (KEY_FIELDS, LATENCY_FIELDS, LEAF_FIELDS, VM_FIELDS, TraceError,
-                           kernel_offsets, layout)
+from piobpf.core.errors import TraceError
+from piobpf.kernel.btf import LATENCY_FIELDS, kernel_offsets
+from piobpf.kernel.program import KEY_FIELDS, LEAF_FIELDS, VM_FIELDS, layout
 
 
 class Key(ctypes.Structure):

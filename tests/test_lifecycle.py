@@ -17,9 +17,9 @@ import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 
-from helpers import ENV, PY, HeldGuest, Traced, needs_tracing
-from piobpf import devices
-from piobpf.snapshot import Proc
+from helpers import ENV, GUEST, PY, HeldGuest, Traced, needs_tracing
+from piobpf.naming import devices
+from piobpf.core.keys import Proc
 from test_names import fake_proc
 from test_prometheus import Exporter, get, prometheus, running, wait_for  # noqa: F401 (fixtures)
 
@@ -57,7 +57,7 @@ def life(i, prefix):
     """Guest i of a churn, start to reaped: (pid, name, expected, exit time)."""
     ops, expected = guest_ops(i)
     name = f"{prefix}-{i}"
-    proc = subprocess.Popen([PY, "-m", "piobpf.guest", "-name", f"guest={name}", "--hold", *ops],
+    proc = subprocess.Popen([*GUEST, "-name", f"guest={name}", "--hold", *ops],
                             env=ENV, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     line = proc.stdout.readline()
     time.sleep(HOLD)
@@ -197,7 +197,7 @@ def test_prometheus_during_churn(running, prometheus):
 @needs_tracing
 def test_vms_started_before_piobpf_are_named_though_gone_at_once():
     # Each does its port I/O as soon as piobpf runs, then exits right away.
-    guests = [subprocess.Popen([PY, "-m", "piobpf.guest", "-name", f"guest=early-{i}", "--wait",
+    guests = [subprocess.Popen([*GUEST, "-name", f"guest=early-{i}", "--wait",
                                 *guest_ops(i)[0]], env=ENV, text=True, stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE) for i in (1, 2)]
     for g in guests:
@@ -221,7 +221,7 @@ def spawn_with_pid(pid, *args):
     may take it first: then None."""
     with open("/proc/sys/kernel/ns_last_pid", "w") as f:
         f.write(str(pid - 1))
-    proc = subprocess.Popen([PY, "-m", "piobpf.guest", *args], env=ENV, stdin=subprocess.PIPE,
+    proc = subprocess.Popen([*GUEST, *args], env=ENV, stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL)
     if proc.pid == pid:
         return proc
@@ -272,7 +272,7 @@ def brief(i, prefix):
     ring. (pid, name, expected)."""
     ops, expected = guest_ops(i)
     name = f"{prefix}-{i}"
-    proc = subprocess.Popen([PY, "-m", "piobpf.guest", "-name", f"guest={name}", "--abrupt",
+    proc = subprocess.Popen([*GUEST, "-name", f"guest={name}", "--abrupt",
                              *ops], env=ENV, text=True, stdout=subprocess.PIPE)
     out = proc.communicate(timeout=60)[0]
     assert proc.returncode == 0 and out.startswith("done"), out

@@ -13,10 +13,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from helpers import (ENV, MIXED, MIXED_EXPECTED, PY, HeldGuest, assert_one_line, fixed_naming,
+from helpers import (ENV, GUEST, MIXED, MIXED_EXPECTED, PY, HeldGuest, assert_one_line, fixed_naming,
                      needs_tracing, piobpf_cmd, run)
-from piobpf import ioports, live
-from piobpf.snapshot import Counts, Snapshot
+from piobpf.core.keys import Key
+from piobpf.naming import ioports
+from piobpf.kernel.counter import CounterConfig
+from piobpf.naming.names import NamingConfig
+from piobpf.run.session import RunConfig
+from piobpf.sinks import live
+from piobpf.core.snapshot import Counts, Snapshot
 
 DEADLINE = 30       # seconds for anything to show on the screen
 WIDTH, HEIGHT = 150, 40
@@ -133,7 +138,7 @@ def term(tmp_path):
 @pytest.fixture
 def web1():
     """A guest writing 0x80 a hundred times per read of 0x3fd, until killed."""
-    proc = subprocess.Popen([PY, "-m", "piobpf.guest", "--forever", "-name",
+    proc = subprocess.Popen([*GUEST, "--forever", "-name",
                              "guest=web1,debug-threads=on", "w:0x80:1:100", "r:0x3fd:1:1"],
                             env=ENV, stdout=subprocess.DEVNULL)
     yield proc
@@ -162,12 +167,13 @@ def test_rows_count_since_the_baseline_and_mark_devices_as_the_table_does():
     names = {10: "web1", 11: "db2"}
     naming = fixed_naming({0x3fd: "serial"}, "vm", lambda k: {"pid": k[2], "vm": names[k[2]]},
                           maps=Maps())
-    view = live.View(SimpleNamespace(args=SimpleNamespace(by="vm", latency=False), naming=naming))
-    first = Snapshot({("read", 0x3fd, 10): Counts(50, 50), ("read", 0x3fd, 11): Counts(30, 30)})
+    view = live.View(SimpleNamespace(config=RunConfig(CounterConfig(by="vm"), NamingConfig()),
+                                     naming=naming))
+    first = Snapshot({Key("read", 0x3fd, 10): Counts(50, 50), Key("read", 0x3fd, 11): Counts(30, 30)})
     view.paused = True                          # no screen here: intervals only count
     view.interval(first, 1.0)
     view.base = view.whole                      # what `r` does
-    view.interval(Snapshot({("read", 0x3fd, 11): Counts(4, 4)}), 2.0)
+    view.interval(Snapshot({Key("read", 0x3fd, 11): Counts(4, 4)}), 2.0)
     frame = view.capture()
     assert [(r.vm, r.events, rate, device) for r, rate, device in frame.rows] == [
         ("db2", 4, 2.0, "serial")]      # one source: no marks

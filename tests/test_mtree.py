@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from piobpf import mtree
+from piobpf.naming import mtree
+from tools.mtreegen import one_port_ranges
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # Real text, byte for byte (\r\n): Debian's QEMU 7.2, SeaBIOS booted, virtio-blk disk0 (legacy),
@@ -102,15 +103,6 @@ def test_firmware_vm_bars_where_its_firmware_put_them():
     m = mtree.parse((FIXTURES / "mtree-firmware.txt").read_text())
     assert (m.lookup(0xc000), m.lookup(0xd03f), m.lookup(0xd040)) == (
         "virtio-pci net0", "e1000-io nic1", mtree.UNASSIGNED)
-
-
-def one_port_ranges(n, first=0):
-    """An answer of n one-port ranges from port `first`, each its own device, in
-    the format of the fixtures (\\r\\n, owner with an id)."""
-    lines = ["FlatView #0", ' AS "I/O", root: io', " Root memory region: io"]
-    lines += [f"  {p:016x}-{p:016x} (prio 0, i/o): dev{p:x} owner:{{dev id=d{p:x}}}"
-              for p in range(first, first + n)]
-    return "\r\n".join(lines) + "\r\n"
 
 
 def test_a_map_of_every_port_in_its_own_range():

@@ -1,16 +1,18 @@
 import json
 
 from helpers import fixed_naming
-from piobpf import formats, names
-from piobpf.report import make_report
-from piobpf.snapshot import Counts, Proc, Snapshot
+from piobpf.core.keys import Key, Proc
+from piobpf.sinks import formats
+from piobpf.naming import vms
+from piobpf.rows.report import make_report
+from piobpf.core.snapshot import Counts, Snapshot
 
 
 def test_vcpu_index():
-    assert names.vcpu_index("CPU 3/KVM") == 3
-    assert names.vcpu_index("CPU 12/KVM") == 12
-    assert names.vcpu_index("qemu-kvm") is None
-    assert names.vcpu_index(None) is None
+    assert vms.vcpu_index("CPU 3/KVM") == 3
+    assert vms.vcpu_index("CPU 12/KVM") == 12
+    assert vms.vcpu_index("qemu-kvm") is None
+    assert vms.vcpu_index(None) is None
 
 
 def fake_proc(tmp, pid, argv, comm, start=100, vm_fd=False):
@@ -31,24 +33,24 @@ def fake_proc(tmp, pid, argv, comm, start=100, vm_fd=False):
 def test_labeler_looks_up_once_and_keeps_names_of_gone_processes(tmp_path):
     web1 = fake_proc(tmp_path, 10, ["qemu-system-x86_64", "-name", "guest=web1"], "qemu-system-x86")
     fc = fake_proc(tmp_path, 11, ["firecracker", "--api-sock", "/x"], "firecracker")
-    lab = names.Labeler("vm", {}, proc=str(tmp_path))
-    lab.learn(Snapshot({("read", 1, web1): Counts(1, 1), ("read", 1, fc): Counts(1, 1)}))
+    lab = vms.Labeler("vm", {}, proc=str(tmp_path))
+    lab.learn(Snapshot({Key("read", 1, web1): Counts(1, 1), Key("read", 1, fc): Counts(1, 1)}))
     for pid in (10, 11):
         for f in ("cmdline", "comm", "stat"):
             (tmp_path / str(pid) / f).unlink()
-    assert lab(("read", 1, web1)) == {"pid": 10, "vm": "web1"}
-    assert lab(("read", 1, fc)) == {"pid": 11, "vm": "firecracker"}
-    assert lab(("read", 1, Proc(12, 100))) == {"pid": 12, "vm": None}
+    assert lab(Key("read", 1, web1)) == {"pid": 10, "vm": "web1"}
+    assert lab(Key("read", 1, fc)) == {"pid": 11, "vm": "firecracker"}
+    assert lab(Key("read", 1, Proc(12, 100))) == {"pid": 12, "vm": None}
 
 
 def test_a_recycled_pid_is_another_vm(tmp_path):
     old = fake_proc(tmp_path, 10, ["qemu", "-name", "old"], "qemu", start=100)
-    lab = names.Labeler("vm", {}, proc=str(tmp_path))
+    lab = vms.Labeler("vm", {}, proc=str(tmp_path))
     assert lab.vm(old) == "old"
     new = fake_proc(tmp_path, 10, ["qemu", "-name", "new"], "qemu", start=250)
     assert (lab.vm(old), lab.vm(new)) == ("old", "new")
     # A process looked up first after its pid went to another: no name, not the other's.
-    assert names.process_name(Proc(10, 180), str(tmp_path)) is None
+    assert vms.process_name(Proc(10, 180), str(tmp_path)) is None
     lab.forget([old])
     assert lab.vm(old) is None      # looked up again: gone
 
@@ -56,24 +58,24 @@ def test_a_recycled_pid_is_another_vm(tmp_path):
 def test_vmm_processes_are_those_holding_a_vm(tmp_path):
     web1 = fake_proc(tmp_path, 10, ["qemu", "-name", "guest=web1"], "qemu", vm_fd=True)
     fake_proc(tmp_path, 11, ["bash"], "bash")
-    assert names.vmm_processes(str(tmp_path)) == {web1: "web1"}
-    lab = names.Labeler("vm", {}, proc=str(tmp_path), known={web1: "web1"})
+    assert vms.vmm_processes(str(tmp_path)) == {web1: "web1"}
+    lab = vms.Labeler("vm", {}, proc=str(tmp_path), known={web1: "web1"})
     (tmp_path / "10" / "stat").unlink()
     assert lab.vm(web1) == "web1"
 
 
 def test_labeler_vcpu_fields(tmp_path):
     web1 = fake_proc(tmp_path, 10, ["qemu", "-name", "web1"], "qemu")
-    lab = names.Labeler("vcpu", {(web1, 21): "CPU 1/KVM", (web1, 22): "worker"},
+    lab = vms.Labeler("vcpu", {(web1, 21): "CPU 1/KVM", (web1, 22): "worker"},
                         proc=str(tmp_path))
-    assert lab(("read", 1, web1, 21)) == {"pid": 10, "vm": "web1", "tid": 21,
+    assert lab(Key("read", 1, web1, 21)) == {"pid": 10, "vm": "web1", "tid": 21,
                                           "thread": "CPU 1/KVM", "vcpu": 1}
-    assert lab(("read", 1, web1, 22))["vcpu"] is None
+    assert lab(Key("read", 1, web1, 22))["vcpu"] is None
 
 
-SNAP = Snapshot({("read", 0x3fd, 10): Counts(5, 5), ("write", 0x20, 10): Counts(7, 7),
-                 ("read", 0x3fd, 20): Counts(100, 100), ("read", 0x60, 20): Counts(1, 1),
-                 ("read", 0x61, 20): Counts(2, 2)})
+SNAP = Snapshot({Key("read", 0x3fd, 10): Counts(5, 5), Key("write", 0x20, 10): Counts(7, 7),
+                 Key("read", 0x3fd, 20): Counts(100, 100), Key("read", 0x60, 20): Counts(1, 1),
+                 Key("read", 0x61, 20): Counts(2, 2)})
 LABEL = {10: "small", 20: "big"}
 
 
@@ -105,7 +107,7 @@ def test_vm_table_json_csv_seed():
 
 
 def test_table_escapes_control_characters_in_names():
-    snap = Snapshot({("read", 0x3fd, 10): Counts(5, 5)})
+    snap = Snapshot({Key("read", 0x3fd, 10): Counts(5, 5)})
     naming = fixed_naming({0x3fd: "ser\tial\x1b[2J"}, "vm",
                           lambda k: {"pid": 10, "vm": "evil\nread   0x0001  fake"})
     lines = formats.table(make_report(snap, 1.0, naming, by="vm")).splitlines()

@@ -12,14 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from piobpf import perfscript
-from piobpf.snapshot import Counts
+from piobpf.core.keys import Key
+from piobpf.offline import perfscript
+from piobpf.core.snapshot import Counts
 
 FIXTURES = Path(__file__).parent / "fixtures"
-EXPECTED = {("read", 0x3fd): Counts(3, 3), ("write", 0x3f8): Counts(2, 4),
-            ("read", 0x60): Counts(1, 16), ("write", 0x70): Counts(3, 3),
-            ("read", 0x61): Counts(1, 4), ("write", 0x20): Counts(2, 2),
-            ("read", 0x21): Counts(1, 1)}
+EXPECTED = {Key("read", 0x3fd): Counts(3, 3), Key("write", 0x3f8): Counts(2, 4),
+            Key("read", 0x60): Counts(1, 16), Key("write", 0x70): Counts(3, 3),
+            Key("read", 0x61): Counts(1, 4), Key("write", 0x20): Counts(2, 2),
+            Key("read", 0x21): Counts(1, 1)}
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.glob("perf-*.txt")))
@@ -44,9 +45,9 @@ def test_thread_names_with_spaces_digits_and_colons():
         "a: 9.0: b 7 [000] 2.0: kvm:kvm_pio: pio_read at 0x60 size 2 count 8 val 0x60 (...)\n",
     ]
     parsed = perfscript.parse(lines)
-    assert parsed.snapshot.counts == {("read", 0x3fd): Counts(1, 1),
-                                      ("write", 0x20): Counts(1, 1),
-                                      ("read", 0x60): Counts(1, 16)}
+    assert parsed.snapshot.counts == {Key("read", 0x3fd): Counts(1, 1),
+                                      Key("write", 0x20): Counts(1, 1),
+                                      Key("read", 0x60): Counts(1, 16)}
 
 
 def test_other_events_headers_and_blank_lines_are_ignored():
@@ -63,7 +64,7 @@ def test_malformed_kvm_pio_lines_are_counted_with_the_first():
              "qemu 1 [000] 1.2: kvm:kvm_pio: pio_read at zzz size 1 count 1 val 0x1\n",
              "qemu 1 [000] 1.3: kvm:kvm_pio: pio_read at 0x12345 size 1 count 1 val 0x1\n"]
     parsed = perfscript.parse(lines)
-    assert parsed.snapshot.counts == {("read", 0x3fd): Counts(1, 1)}
+    assert parsed.snapshot.counts == {Key("read", 0x3fd): Counts(1, 1)}
     assert parsed.malformed == 3
     assert parsed.first_malformed.startswith("2: qemu 1 [000] 1.1:")
 
@@ -78,7 +79,7 @@ def test_sizes_and_counts_the_kernel_cannot_print_are_malformed():
     bad = [pio_line(3, 1), pio_line(0, 1), pio_line(8, 1), pio_line(1, 4097),
            pio_line(4, 1025), pio_line(99999999999999999, 99999999999999)]
     parsed = perfscript.parse(good + bad)
-    assert parsed.snapshot.counts == {("read", 0x60): Counts(5, 1 + 4096 * 3)}
+    assert parsed.snapshot.counts == {Key("read", 0x60): Counts(5, 1 + 4096 * 3)}
     assert parsed.malformed == len(bad)
     assert parsed.first_malformed.startswith(f"{len(good) + 1}: qemu 1 [000] 1.0:")
 

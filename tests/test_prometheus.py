@@ -21,7 +21,7 @@ import pytest
 
 from helpers import (ENV, HeldGuest, assert_one_line, free_port, make_certs, needs_tracing,
                      piobpf_cmd, run_piobpf)
-from piobpf import ioports
+from piobpf.naming import ioports
 from qemuvm import QemuVM, virtio_net
 
 PROMETHEUS = "/usr/bin/prometheus"

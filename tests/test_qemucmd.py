@@ -2,8 +2,8 @@
 
 import pytest
 
-from piobpf import qemucmd
-from piobpf.qemucmd import Monitor
+from piobpf.naming import qemucmd
+from piobpf.naming.qemucmd import Monitor
 
 Q = ["qemu-system-x86_64", "-m", "64"]
 

@@ -1,4 +1,4 @@
-from piobpf.snapshot import Counts, Snapshot
+from piobpf.core.snapshot import Counts, Snapshot
 
 R, W = "read", "write"
 

@@ -7,7 +7,7 @@ import pytest
 
 from helpers import (MIXED, MIXED_EXPECTED, PerfRecord, Traced, by_key, free_port,
                      needs_tracing, run_guest, run_piobpf, sum_rows, trace_json)
-from piobpf import ioports
+from piobpf.naming import ioports
 
 pytestmark = needs_tracing
 

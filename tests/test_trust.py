@@ -20,7 +20,7 @@ import time
 import pytest
 
 from helpers import HeldGuest, ScriptedGuest, Traced, by_key, needs_tracing
-from piobpf import ioports
+from piobpf.naming import ioports
 from qemuvm import QemuVM, e1000, firmware_events, virtio_net
 
 pytestmark = needs_tracing

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from helpers import Traced, by_key, needs_tracing
-from piobpf import ioports
+from piobpf.naming import ioports
 from qemuvm import QemuVM, SeabiosVM, e1000, firmware_events, virtio_net
 
 pytestmark = needs_tracing

@@ -19,7 +19,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from helpers import assert_one_line, free_port, make_certs, run_piobpf
-from piobpf import httpserver, webconfig
+from piobpf.sinks import httpserver
+from piobpf.sinks import webconfig
 from test_httpserver import GET, WAIT, Gauge, answer, closed
 
 PASSWORD = "s3cret"

@@ -1,0 +1,67 @@
+"""What a count is kept per: the Key, and the one table of --by modes.
+
+Every layer reads MODES: the kernel for its C switches, naming for the
+labels a key needs, the sinks for their fields, columns and labels. A new
+mode is one entry here.
+"""
+
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
+
+READ, WRITE = "read", "write"
+
+
+class Proc(NamedTuple):
+    """A process: its pid and start time (clock ticks after boot, as in
+    /proc/PID/stat), so that a pid recycled for a new process is another."""
+    pid: int
+    start: int
+
+
+class Key(NamedTuple):
+    """One count's key: the access, and by VM its VMM process, by vCPU also
+    the thread. The parts a mode does not key by are None."""
+    direction: str
+    port: int
+    vm: Optional[Proc] = None
+    tid: Optional[int] = None
+
+    @property
+    def group(self):
+        """The VM or vCPU whose rows go together (None, None by port)."""
+        return self.vm, self.tid
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One --by mode, as each layer sees it."""
+    name: str
+    per: str            # the start-up line's "per ...(direction, port)"
+    key_parts: int      # parts of Key it fills: 2 (direction, port), 3 (+ vm), 4 (+ tid)
+    c_switches: tuple   # the BPF C's -D switches
+    fields: tuple       # JSON fields and CSV columns it adds to a row
+    columns: tuple      # table columns before DIR
+    labels: tuple       # Prometheus labels after direction, port, device
+
+    @property
+    def per_vm(self):
+        return self.key_parts > 2
+
+    @property
+    def per_thread(self):
+        return self.key_parts > 3
+
+
+MODES = {m.name: m for m in (
+    Mode("port", "", 2, (), (), (), ()),
+    Mode("vm", "VM and ", 3, ("PIOBPF_KEY_TGID",), ("pid", "vm"), ("VM",), ("vm", "pid")),
+    Mode("vcpu", "vCPU and ", 4, ("PIOBPF_KEY_TGID", "PIOBPF_KEY_TID"),
+         ("pid", "vm", "tid", "thread", "vcpu"), ("VM", "VCPU"), ("vm", "pid", "vcpu")),
+)}
+LABELS = ("direction", "port", "device")   # every mode's first Prometheus labels
+
+
+def describe(by, pids=None):
+    """What is counted, for the start-up line: kvm:kvm_pio of PID 1 per VM and (direction, port)."""
+    of = f" of PID {', '.join(map(str, pids))}" if pids else ""
+    return f"kvm:kvm_pio{of} per {MODES[by].per}(direction, port)"

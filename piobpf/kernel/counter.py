@@ -1,0 +1,315 @@
+"""kvm:kvm_pio counted in the kernel: attach, read, detach.
+
+The layer's public face. PioCounter loads the program for a CounterConfig,
+hands back plain Snapshots, and by VM or vCPU moves the counts of exited
+VMs out of the kernel map; `stats` and `program_fds` serve the bench and
+whoever needs the loaded programs themselves. Everything that can go wrong
+on the way in is a TraceError of one line.
+"""
+
+import ctypes
+import os
+import struct
+from dataclasses import dataclass
+
+from ..core.errors import TraceError
+from ..core.keys import MODES, READ, WRITE, Key, Proc
+from ..core.snapshot import Counts, Snapshot, Times
+from . import preflight, program
+from .maps import MapReader
+from .program import (ARRIVAL_FIELDS, INDEX, KEY_FIELDS, LATENCY_RAW_TRACEPOINTS, LEAF_FIELDS,
+                      PORT_KEYS, TIME_FIELDS, UNTIMED, VM_FIELDS, layout)
+
+TICK_NS = 10**9 // os.sysconf("SC_CLK_TCK")    # the unit of /proc/PID/stat's start time
+
+
+@dataclass(frozen=True)
+class CounterConfig:
+    """What the kernel counts: per --by mode, of `pids` only (all when
+    empty), with --latency's exit times; through the raw or classic
+    tracepoint; by VM or vCPU in a map of `map_size` keys."""
+    by: str = "port"
+    pids: tuple = ()
+    latency: bool = False
+    attach: str = "auto"
+    map_size: int = program.DEFAULT_MAX_ENTRIES
+
+
+class PioCounter:
+    """kvm:kvm_pio counts aggregated in the kernel.
+
+    Snapshot keys are Keys: (direction, port), by VM with the VMM process (a
+    Proc: pid and start time), by vCPU also the tid.
+
+    By VM or vCPU, `doorbells` are fds that turn readable when a VM comes or
+    goes; `sync` then says which, and moves the counts of a VM that exited
+    out of the kernel map into this object, where reads find them until
+    `forget`. `cmdlines` holds what the kernel saw of each new VM's process
+    on its first count, {Proc: (command line, name)} as bytes of
+    /proc/PID/cmdline and comm (the command line None when unreadable),
+    for names to take (naming.vms.Labeler)."""
+
+    def __init__(self, config=CounterConfig()):
+        bcc, self.attach_mode = preflight.attach_mode(config.attach)
+        self.config, self.by, self.latency = config, config.by, config.latency
+        self._mode = MODES[config.by]
+        # keys the map can hold
+        self.capacity = config.map_size if self._mode.per_vm else PORT_KEYS
+        self._bpf = program.load(bcc, program.cflags(self.attach_mode, config.by,
+                                                     config.map_size, config.pids,
+                                                     config.latency))
+        self._reader = MapReader(bcc.lib)
+        self._counts = self._bpf["counts"]
+        self._dropped = self._bpf["dropped"]
+        keys = self._bpf["slots"] if self._mode.per_vm else self._counts
+        self._kfmt = layout(keys.Key, KEY_FIELDS[config.by])
+        self._vfmt = layout(self._counts.Leaf, LEAF_FIELDS[config.by])
+        if config.latency:
+            self._times, self._pending = self._bpf["times"], self._bpf["pending"]
+            self._untimed = self._bpf["untimed"]
+            layout(self._times.Leaf, TIME_FIELDS)
+        self.comms = {}     # (Proc, tid) -> thread name the kernel saw (by vcpu)
+        self.cmdlines = {}
+        self.entries = 0    # keys in the kernel map at the last read
+        self._evicted = {}  # key -> final Counts, of exited VMs not yet forgotten
+        self._evicted_times = {}    # key -> final Times, the same with --latency
+        self.doorbells = []
+        # The program counts nothing for a filtered run until its pids are in.
+        if config.pids:
+            table = self._bpf["pids"]
+            for pid in config.pids:
+                table[table.Key(pid)] = table.Leaf(1)
+        if self._mode.per_vm:
+            self._start_vms(config.map_size)
+
+    def _start_vms(self, max_entries):
+        """By VM or vCPU: give the program every slot of counts, then start it."""
+        self._slots, self._vms = self._bpf["slots"], self._bpf["vms"]
+        self._spare = self._bpf["spare"]
+        self._ifmt = layout(self._counts.Key, INDEX)
+        self._sfmt = layout(self._slots.Leaf, INDEX)
+        self._mfmt = layout(self._vms.Leaf, VM_FIELDS)
+        self._procs = {}        # VM id -> Proc, of the VMs in the kernel's table
+        # Slot 0 on top: keys take the low slots, so reads stop early. (A
+        # syscall a slot: stacks have no batch update.)
+        from bcc import lib
+        slot = ctypes.c_uint32()
+        for slot.value in range(max_entries - 1, -1, -1):
+            if lib.bpf_update_elem(self._spare.map_fd, None, ctypes.byref(slot), 0):
+                raise TraceError(f"filling the BPF map failed: {os.strerror(ctypes.get_errno())}")
+        # A per-CPU map's value is an array of the struct, one a CPU.
+        self._afmt = layout(self._bpf["arrivals"].Leaf._type_, ARRIVAL_FIELDS)
+        doorbell = self._bpf["doorbell"]
+        doorbell.open_ring_buffer(self._rang)
+        self.doorbells = [doorbell.map_fd]
+        epoch = self._bpf["epoch"]
+        epoch[epoch.Key(0)] = epoch.Leaf(1)
+
+    def _rang(self, ctx, data, size):
+        """A ring: a VM's arrival keeps what names it; the rest (a VM's
+        exit, its tgid only) just wakes `sync`, and vms says which."""
+        full = struct.calcsize(self._afmt)
+        if size > 4:
+            record = ctypes.string_at(data, min(size, full)).ljust(full, b"\0")
+            tgid, length, start, comm, args = struct.unpack(self._afmt, record)
+            cmdline = args[:length]
+            if length > len(cmdline):       # cut short: its last argument may be partial
+                cmdline = cmdline[:cmdline.rfind(b"\0") + 1]
+            self.cmdlines[Proc(tgid, start // TICK_NS)] = (
+                cmdline if length else None, comm.split(b"\0", 1)[0])
+        return 0
+
+    def _entries(self, slots):
+        """(dirport, vm, tid, events, bytes, comm) for every key counted.
+
+        By port the counts are an array indexed by dirport; by VM or vCPU an
+        array of slots, `slots` giving each slot's key (`_slot_keys`).
+        Values are struct pio_counts (`layout`)."""
+        no_comm = () if self._mode.per_thread else (b"",)
+        if not self._mode.per_vm:
+            for (dirport,), value in self._reader.rows(self._counts, self._kfmt, self._vfmt):
+                yield (dirport, 0, 0) + value + no_comm
+            return
+        for (slot,), value in self._reader.rows(self._counts, self._ifmt, self._vfmt,
+                                         max(slots, default=-1) + 1):
+            if slot in slots:
+                yield slots[slot] + value + no_comm
+
+    def _key(self, dirport, vm, tid):
+        """The Key of a kernel key's fields."""
+        direction = WRITE if dirport >> 16 else READ
+        if not self._mode.per_vm:
+            return Key(direction, dirport & 0xFFFF)
+        if vm not in self._procs:
+            self._vm_table()        # a VM new since the last look at the table
+        return Key(direction, dirport & 0xFFFF, self._procs[vm],
+                   tid if self._mode.per_thread else None)
+
+    def read(self):
+        """The cumulative counts now: the kernel map's, plus the final counts
+        of exited VMs moved out of it and not yet forgotten."""
+        slots = self._slot_keys() if self._mode.per_vm else None    # read once for both maps
+        counts = {}
+        for dirport, vm, tid, events, nbytes, comm in self._entries(slots):
+            if not events:
+                continue    # an array slot no event has touched
+            key = self._key(dirport, vm, tid)
+            counts[key] = Counts(events, nbytes)
+            if comm and (key.vm, tid) not in self.comms:
+                self.comms[key.vm, tid] = comm.split(b"\0", 1)[0].decode(errors="replace")
+        self.entries = len(counts)
+        evicted = Snapshot(self._evicted, 0, self._evicted_times)
+        if not self.latency:
+            return Snapshot(counts, self._dropped[0].value) + evicted
+        return Snapshot(counts, self._dropped[0].value, self._read_times(slots),
+                        {name: self._untimed[i].value for i, name in enumerate(UNTIMED)}
+                        ) + evicted
+
+    def _read_times(self, slots):
+        """Times per key. The time map is keyed as counts is indexed (by VM
+        or vCPU: by slot, `slots` giving each slot's key) and holds only keys
+        with timed exits, a few hundred at most, so a plain walk serves."""
+        times = {}
+        for k, t in self._times.items():
+            if slots is None or k.value in slots:
+                ids = (k.value, 0, 0) if slots is None else slots[k.value]
+                times[self._key(*ids)] = Times(t.windows, t.time_ns, t.max_ns, tuple(t.hist))
+        return times
+
+    def open_windows(self):
+        """Exits to user space under way now (after detach: never to be
+        timed): a thread's state is WINDOW_NONE, 0, when it has none."""
+        return sum(1 for p in self._pending.values() if p.state)
+
+    def read_keys(self, keys):
+        """The cumulative counts of a few (direction, port) keys, by port only:
+        a handful of lookups where a full read walks all 131072 slots."""
+        counts = {}
+        for key in keys:
+            c = self._counts[self._counts.Key((key.direction == WRITE) << 16 | key.port)]
+            if c.events:
+                counts[key] = Counts(c.events, c.bytes)
+        return Snapshot(counts, self._dropped[0].value)
+
+    # The lifecycle of VMs, by VM or vCPU.
+
+    def _slot_keys(self):
+        """{slot: (dirport, vm, tid)} of every key in the kernel map."""
+        return {slot: key for key, (slot,) in self._reader.rows(self._slots, self._kfmt, self._sfmt)}
+
+    def _vm_table(self):
+        """{VM id: exited} of the kernel's VM table; learns each one's process
+        and, from the ring, what names it (cmdlines)."""
+        table = {}
+        for (vm,), (tgid, exited, start) in self._reader.rows(self._vms, self._sfmt, self._mfmt):
+            if vm not in self._procs:
+                self._procs[vm] = Proc(tgid, start // TICK_NS)
+            table[vm] = exited
+        # After the table: a VM's arrival is rung a moment after it enters it.
+        self._bpf.ring_buffer_consume()
+        return table
+
+    @property
+    def vms(self):
+        """The processes of the VMs in the kernel's table: running, or
+        exited and not moved out yet."""
+        return set(self._procs.values()) if self._mode.per_vm else set()
+
+    def sync(self):
+        """After a doorbell: (VMs new since the last sync, VMs that exited),
+        as Procs; the exited ones' counts are moved out of the kernel map."""
+        known = set(self._procs)
+        table = self._vm_table()
+        exited = [vm for vm, done in table.items() if done]
+        return [self._procs[vm] for vm in table if vm not in known], self._evict(exited)
+
+    def _evict(self, vms):
+        """Move the keys of exited VMs out of the kernel map, keeping their
+        counts here; returns their processes.
+
+        Exact without an atomic read-and-delete: the program marks a VM
+        exited when the last thread of its process has exited, and vms was
+        read before these counts, so no event can add to them any more (a
+        process that gets the pid next is a new VM with keys of its own).
+        Their slots go back to spare, zeroed."""
+        gone = set(vms)
+        keys = {slot: key for slot, key in self._slot_keys().items() if key[1] in gone}
+        for slot, (dirport, vm, tid) in keys.items():
+            c = self._counts[self._counts.Key(slot)]
+            key = self._key(dirport, vm, tid)
+            self._evicted[key] = self._evicted.get(key, Counts()) + Counts(c.events, c.bytes)
+            if self._mode.per_thread and (key.vm, tid) not in self.comms:
+                self.comms[key.vm, tid] = c.comm.decode(errors="replace")
+        if keys:
+            doomed = (self._slots.Key * len(keys))(*(self._slots.Key(*k) for k in keys.values()))
+            if self._reader.batch:
+                self._slots.items_delete_batch(doomed)
+            else:
+                for k in doomed:
+                    del self._slots[k]
+        for slot in keys:
+            self._counts[self._counts.Key(slot)] = self._counts.Leaf()
+            if self.latency:    # its exit windows are closed too: its threads are gone
+                t = self._times.get(self._times.Key(slot))
+                if t:
+                    key = self._key(*keys[slot])
+                    self._evicted_times[key] = self._evicted_times.get(key, Times()) + Times(
+                        t.windows, t.time_ns, t.max_ns, tuple(t.hist))
+                    del self._times[self._times.Key(slot)]
+            self._spare.push(self._spare.Leaf(slot))
+        for vm in vms:
+            del self._vms[self._vms.Key(vm)]
+        return [self._procs.pop(vm) for vm in vms]
+
+    def forget(self, procs):
+        """Drop what is kept of these exited VMs: final counts, thread names."""
+        procs = set(procs)
+        self._evicted = {k: c for k, c in self._evicted.items() if k.vm not in procs}
+        self._evicted_times = {k: t for k, t in self._evicted_times.items()
+                               if k.vm not in procs}
+        for key in [k for k in self.comms if k[0] in procs]:
+            del self.comms[key]
+        for p in procs & self.cmdlines.keys():     # never named (named ones took theirs)
+            del self.cmdlines[p]
+
+    def _tracepoints(self):
+        """(raw, classic) tracepoints of counting and timing. Without
+        --latency, by VM, sched_process_exit stays attached to the end, so
+        that a VM's exit is seen after detach too."""
+        raw = [b"kvm_pio"] if self.attach_mode == "raw" else []
+        if self.latency:
+            raw += [tp.encode() for tp in LATENCY_RAW_TRACEPOINTS]
+        return raw, [b"kvm:kvm_pio"] if self.attach_mode == "classic" else []
+
+    def detach(self):
+        """Stop counting; the maps stay readable for the final read."""
+        raw, classic = self._tracepoints()
+        for tp in raw:
+            self._bpf.detach_raw_tracepoint(tp=tp)
+        for tp in classic:
+            self._bpf.detach_tracepoint(tp=tp)
+
+    def attach(self):
+        """Count again after `detach` (the bench switches programs so)."""
+        raw, classic = self._tracepoints()
+        for tp in raw:
+            self._bpf.attach_raw_tracepoint(tp=tp, fn_name=b"raw_tracepoint__" + tp)
+        for tp in classic:
+            self._bpf.attach_tracepoint(tp=tp, fn_name=b"tracepoint__" + tp.replace(b":", b"__"))
+
+    def program_fds(self):
+        """{program name: fd} of the loaded programs."""
+        return {name.decode(): f.fd for name, f in self._bpf.funcs.items()}
+
+    def stats(self):
+        """{program name: (run_time_ns, run_cnt)}, counted by the kernel
+        while kernel.bpf_stats_enabled is 1."""
+        out = {}
+        for name, fd in self.program_fds().items():
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                info = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+            out[name] = (int(info.get("run_time_ns", 0)), int(info.get("run_cnt", 0)))
+        return out
+
+    def close(self):
+        self._bpf.cleanup()
