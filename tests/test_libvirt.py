@@ -337,7 +337,6 @@ def test_a_vmm_naming_a_domain_libvirt_runs_elsewhere_is_not_asked(booted, domai
         while booted.uuid not in (calls.read_text() if calls.exists() else ""):
             assert time.monotonic() < deadline, "piobpf did not ask the booted domain"
             time.sleep(0.1)
-        time.sleep(2)   # lines of the naming workers are printed at the next look
         rc, out, err = t.stop()
     finally:
         guest.end()

@@ -80,7 +80,7 @@ class VmmMaps:
     def scan(self):
         """Look at processes new since the last scan; queue reads of VMMs' maps.
         Returns the VMMs whose process has exited since."""
-        self._report()
+        self.report()
         pids = set(self._pids or {int(d) for d in os.listdir(self._proc) if d.isdigit()})
         for pid in pids - {p.pid for p in self._known}:
             p = vms.process(pid, self._proc)
@@ -178,7 +178,8 @@ class VmmMaps:
                           f"({m.protocol} {monitor.plain(m.address)}): "
                           f"{monitor.plain(error)}; {then}")
 
-    def _report(self):
+    def report(self):
+        """Print the lines the workers queued (stderr is the main thread's)."""
         while True:
             try:
                 line = self._reports.get_nowait()
