@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -206,6 +207,22 @@ def around_each(guest, *runs, sig=signal.SIGINT):
     results = [t.stop(sig) for t in tracers]
     guest.end()
     return results
+
+
+def around_all(members, *args, settle=0):
+    """piobpf ARGS -p (every member's pid) around the whole runs of guests
+    and QEMU VMs (anything with pid, start, wait_done), then `settle`
+    seconds for names to be read again: (rc, stdout, stderr, piobpf's pid)."""
+    t = Traced(*args, "-p", ",".join(str(m.pid) for m in members))
+    try:
+        for m in members:
+            m.start()
+        for m in members:
+            m.wait_done()
+        time.sleep(settle)
+    finally:
+        result = t.stop()
+    return (*result, t.proc.pid)
 
 
 def trace_json(ops, *args, **guest_kw):

@@ -9,7 +9,7 @@ import re
 import tempfile
 import time
 
-from helpers import ScriptedGuest, Traced, needs_tracing
+from helpers import ScriptedGuest, around_all, needs_tracing
 from piobpf.naming import devices
 from piobpf.naming import mtree
 from qemuvm import QemuVM, firmware_events, virtio_net
@@ -53,20 +53,11 @@ def test_hostile_monitors_beside_a_real_qemu_still_named():
                                          os.path.join(folder, f"{name}.sock"), script,
                                          protocol, ("--delay", f"0xcfc:{DELAY_US}"), name=name)
         with QemuVM("good", "qmp", devices) as vm:
-            pids = [g.pid for g in guests.values()] + [vm.pid]
             began = time.monotonic()
-            t = Traced("--format", "json", "--by", "vm", "-p", ",".join(map(str, pids)))
-            try:
-                for g in guests.values():
-                    g.start()
-                vm.start()
-                vm.wait_done()
-                for g in guests.values():
-                    g.wait_done()
-                time.sleep(3)   # the good VM's re-read after its BARs moved
-            finally:
-                rc, out, err = t.stop()
-                lasted = time.monotonic() - began
+            # the good VM's map is read again after its BARs moved
+            rc, out, err, tracer = around_all([*guests.values(), vm], "--format", "json",
+                                              "--by", "vm", settle=3)
+            lasted = time.monotonic() - began
     finally:
         for g in guests.values():
             g.end()
@@ -92,7 +83,7 @@ def test_hostile_monitors_beside_a_real_qemu_still_named():
         assert len(said) == 1, (name, err)
         # Backed off, not asked at every one of the 10 s of configuration
         # writes (about 10 times).
-        asked = len(g.connections(by=t.proc.pid))
+        asked = len(g.connections(by=tracer))
         assert 1 <= asked <= backed_off(lasted), (name, asked, lasted)
     assert not [ln for ln in lines if f"pid {vm.pid}:" in ln], err
 

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from helpers import HeldGuest, ScriptedGuest, Traced, by_key, needs_tracing
+from helpers import HeldGuest, ScriptedGuest, Traced, around_all, by_key, needs_tracing
 from piobpf.naming import ioports
 from qemuvm import QemuVM, e1000, firmware_events, virtio_net
 
@@ -103,20 +103,9 @@ def test_only_the_vms_own_monitors_are_spoken_to(user, folders):
         with QemuVM("mine", "qmp", own, user=user) as mine, \
                 QemuVM("roots", "qmp", roots) as root_vm:
             assert os.stat(mine.monitor_path).st_uid == uid
-            pids = [g.pid for g in guests.values()] + [mine.pid, root_vm.pid]
-            t = Traced("--format", "json", "--by", "vm", "-p", ",".join(map(str, pids)))
-            try:
-                for g in guests.values():
-                    g.start()
-                mine.start()
-                root_vm.start()
-                for g in guests.values():
-                    g.wait_done()
-                mine.wait_done()
-                root_vm.wait_done()
-                time.sleep(3)   # the QEMUs' maps read again after their BARs moved
-            finally:
-                rc, out, err = t.stop()
+            # the QEMUs' maps are read again after their BARs moved
+            rc, out, err, tracer = around_all([*guests.values(), mine, root_vm], "--format",
+                                              "json", "--by", "vm", settle=3)
     finally:
         for g in list(guests.values()) + list(services.values()):
             g.end()
@@ -126,7 +115,7 @@ def test_only_the_vms_own_monitors_are_spoken_to(user, folders):
     # This piobpf connected to no root service; to the user's other process
     # (its socket is the user's) but sent it not a byte. (Other tracers on
     # the host may connect to these: their connections are not counted.)
-    ours = {name: s.connections(by=t.proc.pid) for name, s in services.items()}
+    ours = {name: s.connections(by=tracer) for name, s in services.items()}
     assert ours["qmp"] == [] and ours["hmp"] == []
     assert ours["peer"] and set(ours["peer"]) == {0}
 
