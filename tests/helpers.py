@@ -1,7 +1,10 @@
 """Shared test helpers: run piobpf and real KVM guests and real perf as processes."""
 
+import atexit
+import functools
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +25,30 @@ PY = sys.executable
 ENV = dict(os.environ, PYTHONPATH=str(REPO), LC_ALL="C")
 # The scripted KVM guest (tests/tools/guest.py), as a command.
 GUEST = [PY, str(REPO / "tests" / "tools" / "guest.py")]
+
+
+@functools.lru_cache(maxsize=None)
+def readable_tree():
+    """The package, its BPF C and the test tools, copied where anyone may read
+    them and a service's sandbox sees them: the clone may sit in a mode-700
+    home, which another user, a process without CAP_DAC_READ_SEARCH, or a unit
+    with ProtectHome= cannot read (and PrivateTmp= hides /tmp). Removed at exit."""
+    d = tempfile.mkdtemp(prefix="piobpf-tests-", dir="/run")
+    os.chmod(d, 0o755)
+    for part, to in (("piobpf", "piobpf"), ("bpf", "bpf"), ("tests/tools", "tools")):
+        shutil.copytree(REPO / part, f"{d}/{to}", ignore=shutil.ignore_patterns("__pycache__"))
+    atexit.register(shutil.rmtree, d, ignore_errors=True)
+    return Path(d)
+
+
+def readable_env():
+    """ENV with the package taken from readable_tree()."""
+    return dict(ENV, PYTHONPATH=str(readable_tree()))
+
+
+def tool(name, user=None):
+    """The path of a test tool (tests/tools/NAME), readable by `user` when given."""
+    return str((readable_tree() / "tools" if user else REPO / "tests" / "tools") / name)
 
 
 def _kvm_pio_present():
@@ -105,19 +132,20 @@ def run_guest(*ops, thread_name=None, irqchip=False):
 class HeldGuest:
     """A guest process that waits to start (its pid known) and stays alive after.
 
-    program: what python runs (a script taking tests/tools/guest.py's
-    arguments); user: (uid, gid) to run it as, no other groups."""
+    program: the test tool python runs and its first arguments (a script
+    taking tests/tools/guest.py's arguments); user: (uid, gid) to run it as,
+    no other groups."""
 
-    def __init__(self, *ops, name=None, thread_name=None, args=(), program=GUEST[1:],
+    def __init__(self, *ops, name=None, thread_name=None, args=(), program=("guest.py",),
                  user=None):
-        cmd = [PY, *program, "--wait", "--hold", *args, *ops]
+        cmd = [PY, tool(program[0], user), *program[1:], "--wait", "--hold", *args, *ops]
         if name:
             cmd += ["-name", f"guest={name},debug-threads=on"]
         if thread_name:
             cmd += ["--thread-name", thread_name]
         ids = dict(user=user[0], group=user[1], extra_groups=[]) if user else {}
-        self.proc = subprocess.Popen(cmd, env=ENV, text=True, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, **ids)
+        self.proc = subprocess.Popen(cmd, env=readable_env() if user else ENV, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, **ids)
         assert self.proc.stdout.readline() == "ready\n"
         self.pid = self.proc.pid
 
@@ -144,7 +172,7 @@ class ScriptedGuest(HeldGuest):
         self.script_file, self.log = f"{path}.script", f"{path}.log"
         self.set_script(script)
         flag = "-qmp" if protocol == "qmp" else "-monitor"
-        program = (str(REPO / "tests" / "tools" / "scripted_vmm.py"), self.script_file, self.log,
+        program = ("scripted_vmm.py", self.script_file, self.log,
                    *(["--serve-only"] if serve_only else []))
         super().__init__(*ops, program=program,
                          args=(flag, f"unix:{path},server=on", *args), **kw)
@@ -175,10 +203,12 @@ class ScriptedGuest(HeldGuest):
 
 class Traced:
     """A piobpf process, started and attached (its 'Tracing...' or 'Serving...' line
-    seen); `wrap`: a command that runs it (setpriv ...)."""
+    seen); `wrap`: a command that runs it (setpriv ...), which then runs the
+    package from readable_tree()."""
 
     def __init__(self, *args, wrap=()):
-        self.proc = subprocess.Popen([*wrap, *piobpf_cmd(*args)], env=ENV, text=True,
+        env = readable_env() if wrap else ENV
+        self.proc = subprocess.Popen([*wrap, *piobpf_cmd(*args)], env=env, text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         line = self.proc.stderr.readline()
         assert line.startswith(("Tracing", "Serving")), line + self.proc.stderr.read()

@@ -1,16 +1,13 @@
 """Bad input and broken environments: one line on stderr, non-zero exit."""
 
 import json
-import os
-import shutil
 import signal
 import subprocess
-import tempfile
 
 import pytest
 
-from helpers import (ENV, MIXED, MIXED_EXPECTED, PY, REPO, HeldGuest, Traced, around,
-                     assert_one_line, by_key, needs_tracing, piobpf_cmd, run)
+from helpers import (MIXED, MIXED_EXPECTED, PY, REPO, HeldGuest, Traced, around,
+                     assert_one_line, by_key, needs_tracing, piobpf_cmd, readable_env, run)
 
 
 @pytest.mark.parametrize("args,word", [
@@ -36,23 +33,10 @@ def test_bcc_missing_says_how_to_install():
     assert_one_line(run([PY, "-c", code]), 1, "python3-bpfcc")
 
 
-@pytest.fixture
-def readable_copy():
-    """The package in a world-readable folder: the clone may sit in a mode-700
-    home, which an unprivileged user cannot read."""
-    d = tempfile.mkdtemp()
-    os.chmod(d, 0o755)
-    for part in ("piobpf", "bpf"):
-        shutil.copytree(REPO / part, f"{d}/{part}", ignore=shutil.ignore_patterns("__pycache__"))
-    yield d
-    shutil.rmtree(d)
-
-
 @needs_tracing
-def test_not_root_says_which_privilege(readable_copy):
+def test_not_root_says_which_privilege():
     out = run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-               "--inh-caps=-all", *piobpf_cmd("-d", "1")], cwd="/",
-              env=dict(ENV, PYTHONPATH=readable_copy))
+               "--inh-caps=-all", *piobpf_cmd("-d", "1")], cwd="/", env=readable_env())
     assert_one_line(out, 1, "root", "CAP_BPF")
 
 

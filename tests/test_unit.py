@@ -21,7 +21,8 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from helpers import PY, REPO, HeldGuest, free_port, make_certs, needs_tracing
+from helpers import (PY, REPO, HeldGuest, free_port, make_certs, needs_tracing,
+                     readable_tree)
 from qemuvm import QemuVM, firmware_events, virtio_net
 from unitrun import Unit
 
@@ -37,7 +38,7 @@ PASSWORD = "s3cret"
 def source_unit(env_file, caps=None):
     """The unit with the source tree's piobpf in place of /usr/sbin/piobpf."""
     return Unit(UNIT, env_file, caps, program=[PY, "-m", "piobpf"],
-                extra_env={"PYTHONPATH": str(REPO)})
+                extra_env={"PYTHONPATH": str(readable_tree())})
 
 
 def env_file(directory, listen, opts):
