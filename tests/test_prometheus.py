@@ -22,6 +22,7 @@ import pytest
 from helpers import (ENV, HeldGuest, assert_one_line, free_port, make_certs, needs_tracing,
                      piobpf_cmd, run_piobpf)
 from piobpf.naming import ioports
+from piobpf.sinks import httpserver
 from qemuvm import QemuVM, virtio_net
 from tools import memory
 
@@ -41,8 +42,9 @@ scrape_configs:
 
 
 def get(url, context=None, headers=()):
+    # As long as the exporter's own deadline: a loaded host may starve a scrape.
     request = urllib.request.Request(url, headers=dict(headers))
-    with urllib.request.urlopen(request, timeout=10, context=context) as r:
+    with urllib.request.urlopen(request, timeout=httpserver.TIMEOUT, context=context) as r:
         return r.read().decode()
 
 
