@@ -29,7 +29,7 @@ def run(args):
         threading.Thread(target=server.serve_forever, daemon=True).start()
         try:
             url = f"{web.scheme if web else 'http'}://{where(host, port)}/metrics"
-            print(f"Serving {describe(args.by, args.pid)} at {url}... Ctrl-C to end.",
+            print(f"Serving {describe(args.by, args.pid, args.mmio)} at {url}... Ctrl-C to end.",
                   file=sys.stderr, flush=True)
             ticks = session.naming.ticks or bool(session.doorbells)
             while not session.stopper.stopped:

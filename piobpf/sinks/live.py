@@ -169,7 +169,7 @@ class View:
                       key=order)
         state = [f"sort: {self.sort}"] + (["PAUSED"] if self.paused else []) \
             + ([f"filter: {formats.printable(self.filter)}"] if self.filter else [])
-        head = [f"piobpf {f.clock}  {describe(self.config.by, self.config.pids)}",
+        head = [f"piobpf {f.clock}  {describe(self.config.by, self.config.pids, self.config.mmio)}",
                 f"{f.rate:.1f} events/s   {f.total} events since {f.since}   "
                 f"{f.dropped} dropped   " + "   ".join(state), ""]
         foot = [f.footnote, KEYS if self.typing is None else PROMPT + self.typing]
