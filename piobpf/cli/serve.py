@@ -23,7 +23,7 @@ def run(args):
         web = webconfig.load(args.web_config_file)
     with contextlib.ExitStack() as undo:   # undone in reverse: server, collector, session
         session = undo.enter_context(Session(run_config(args)))
-        collector = PioCollector(session, args.retention, args.latency)
+        collector = PioCollector(session, args.retention, args.latency, args.mmio)
         undo.callback(collector.close)
         server = undo.enter_context(listen(host, port, collector, web))
         threading.Thread(target=server.serve_forever, daemon=True).start()

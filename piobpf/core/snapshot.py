@@ -82,7 +82,8 @@ class Snapshot:
             counts[key] = counts.get(key, Counts()) + c
         for key, t in later.times.items():
             times[key] = times.get(key, Times()) + t
+        # In the order the reasons came (dicts keep it; sets would not).
         untimed, drops = (
-            {k: mine.get(k, 0) + theirs.get(k, 0) for k in mine.keys() | theirs.keys()}
+            {k: mine.get(k, 0) + theirs.get(k, 0) for k in {**mine, **theirs}}
             for mine, theirs in ((self.untimed, later.untimed), (self.drops, later.drops)))
         return Snapshot(counts, self.dropped + later.dropped, times, untimed, drops)

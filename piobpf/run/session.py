@@ -105,6 +105,11 @@ class Session:
         return self.counter.entries
 
     @property
+    def mmio_entries(self):
+        """With --mmio: (keys in the kernel's MMIO map at the last read, keys it can hold)."""
+        return self.counter.mmio_entries
+
+    @property
     def doorbells(self):
         """Fds that turn readable when a VM comes or goes: then `sync`."""
         return self.counter.doorbells
