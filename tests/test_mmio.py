@@ -1,0 +1,102 @@
+"""--mmio against real guests: their MMIO counted exactly per (direction, gpa)
+beside their port I/O, in every mode, and a full MMIO map counted as dropped."""
+
+import json
+
+import pytest
+
+from helpers import HeldGuest, Traced, around, needs_tracing
+from tools import guest
+
+pytestmark = needs_tracing
+
+# Reads and writes of sizes 1, 2 and 4 outside the guest's RAM, where no
+# device is: each exits to the guest's process, one kvm_mmio READ or WRITE.
+OPS = ["mr:0xfebc0000:4:300", "mw:0xfebc0000:4:200", "mr:0xfebc0010:2:7", "mw:0xfed00002:2:5",
+       "mr:0x10001:1:3", "mw:0xc0000000:1:11", "r:0x3fd:1:50", "w:0x80:2:9"]
+EXPECTED = {("mmio", "read", 0xfebc0000): (300, 1200), ("mmio", "write", 0xfebc0000): (200, 800),
+            ("mmio", "read", 0xfebc0010): (7, 14), ("mmio", "write", 0xfed00002): (5, 10),
+            ("mmio", "read", 0x10001): (3, 3), ("mmio", "write", 0xc0000000): (11, 11),
+            ("io", "read", 0x3fd): (50, 50), ("io", "write", 0x80): (9, 18),
+            ("mmio", "write", guest.DONE_GPA): (1, 1)}     # the guest's done marker
+
+
+def rows_of(result, *fields):
+    """{(fields..., space, direction, address): (events, bytes)} of JSON rows."""
+    return {tuple(r[f] for f in fields) + (r["space"], r["direction"], r.get("gpa", r.get("port"))):
+            (r["events"], r["bytes"]) for r in result["rows"]}
+
+
+def traced(*args, ops=OPS, guest_args=()):
+    """piobpf --mmio --format json ARGS -p GUEST around a guest's run: its result."""
+    g = HeldGuest(*ops, name="mmio-guest", thread_name="CPU {i}/KVM", args=guest_args)
+    rc, out, err = around(g, "--mmio", "--format", "json", *args)
+    assert rc == 0, err
+    return g, json.loads(out)
+
+
+@pytest.mark.parametrize("by", ["port", "vm", "vcpu"])
+def test_mmio_and_ports_exact_per_direction_and_address(by):
+    g, result = traced("--by", by)
+    fields = {"port": (), "vm": ("pid", "vm"), "vcpu": ("pid", "vm", "vcpu", "thread")}[by]
+    prefix = {"port": (), "vm": (g.pid, "mmio-guest"),
+              "vcpu": (g.pid, "mmio-guest", 0, "CPU 0/KVM")}[by]
+    assert rows_of(result, *fields) == {prefix + k: v for k, v in EXPECTED.items()}
+    assert result["dropped_events"] == 0
+    assert result["dropped"] == {"map_full": 0, "mmio_map_full": 0}
+    assert result["total_events"] == sum(e for e, _ in EXPECTED.values())
+    # Port rows keep "port", MMIO rows carry "gpa" instead.
+    assert all(("gpa" in r) == (r["space"] == "mmio") != ("port" in r) for r in result["rows"])
+
+
+def test_in_kernel_lapic_counts_once_a_read():
+    # The in-kernel LAPIC answers in the kernel: one kvm_mmio READ, no
+    # unsatisfied-read, counted once like a read completed by user space.
+    _, result = traced(ops=["mr:0xfee00030:4:6", "mw:0xfee00080:4:2", "mr:0x20004:4:3"],
+                       guest_args=("--irqchip",))
+    assert rows_of(result) == {("mmio", "read", 0xfee00030): (6, 24),
+                               ("mmio", "write", 0xfee00080): (2, 8),
+                               ("mmio", "read", 0x20004): (3, 12),
+                               ("mmio", "write", guest.DONE_GPA): (1, 1)}
+    devices = {r["gpa"]: (r["device"], r["device_source"]) for r in result["rows"]}
+    assert devices[0xfee00030] == ("lapic", "pc-fixed")
+    assert devices[0x20004] == ("unassigned", "pc-fixed")
+
+
+def test_a_flood_of_addresses_past_the_map_size_is_dropped_and_said():
+    # 100 distinct addresses read twice each on one vCPU, in order, into a
+    # map of 64 keys: the first 64 are counted exactly, every event of the
+    # other 36 and of the done marker is dropped (reason mmio_map_full), and
+    # the port I/O, in its own map, loses nothing.
+    gpas = [0x100000 + 4 * i for i in range(100)]
+    ops = [f"mr:{gpa:#x}:4:2" for gpa in gpas] + ["r:0x3fd:1:40", "w:0x80:4:3"]
+    _, result = traced("--mmio-map-size", "64", ops=ops)
+    rows = rows_of(result)
+    assert rows == {**{("mmio", "read", gpa): (2, 8) for gpa in gpas[:64]},
+                    ("io", "read", 0x3fd): (40, 40), ("io", "write", 0x80): (3, 12)}
+    assert result["dropped"] == {"map_full": 0, "mmio_map_full": 36 * 2 + 1}
+    assert result["dropped_events"] == 73
+
+
+def test_table_shows_the_space_and_the_drops():
+    g = HeldGuest("mr:0xfebc0000:4:3", "mr:0xfebc0004:4:2", "r:0x3fd:1:4")
+    rc, out, err = around(g, "--mmio", "--mmio-map-size", "2")
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == ["SPACE", "DIR", "ADDRESS", "DEVICE", "EVENTS", "%", "EVENTS/s",
+                                "BYTES"]
+    assert lines[2].split()[:3] == ["io", "read", "0x03fd"] and lines[2].split()[-4] == "4"
+    assert lines[3].split()[:5] == ["mmio", "read", "0xfebc0000", "unassigned", "3"]
+    assert lines[4].split()[:5] == ["mmio", "read", "0xfebc0004", "unassigned", "2"]
+    assert "9 events in" in out and "1 dropped (map full: 0 port I/O, 1 MMIO)" in out
+    assert "1 dropped (map full: 0 port I/O, 1 MMIO): see --map-size and --mmio-map-size" in err
+
+
+def test_without_mmio_nothing_of_it_shows():
+    g = HeldGuest("mr:0xfebc0000:4:3", "r:0x3fd:1:4")
+    rc, out, err = around(g, "--format", "json")
+    assert rc == 0, err
+    result = json.loads(out)
+    assert [(r["direction"], r["port"], r["events"]) for r in result["rows"]] == \
+        [("read", 0x3fd, 4)]
+    assert "dropped" not in result and "space" not in result["rows"][0]
