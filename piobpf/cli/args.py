@@ -229,7 +229,7 @@ def parse_args(argv):
 
 
 def naming_config(args):
-    return NamingConfig(args.by, args.device_map, args.ioports, tuple(args.pid or ()))
+    return NamingConfig(args.by, args.device_map, args.ioports, tuple(args.pid or ()), args.mmio)
 
 
 def run_config(args):
