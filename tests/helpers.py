@@ -172,12 +172,14 @@ def by_key(rows):
 
 
 class PerfRecord:
-    """`perf record -e kvm:kvm_pio -a`, recording when the constructor returns."""
+    """`perf record -e kvm:kvm_pio -a` (or `events` of process `pid`),
+    recording when the constructor returns."""
 
-    def __init__(self):
+    def __init__(self, events=("kvm:kvm_pio",), pid=None):
         self.dir = tempfile.TemporaryDirectory()
         self.data = f"{self.dir.name}/perf.data"
-        self.proc = perfrecord.start(self.data)
+        self.proc = perfrecord.start(self.data, events=events,
+                                     target=("-p", str(pid)) if pid else ("-a",))
 
     def script(self):
         """Stop recording; the `perf script` text of what it saw."""

@@ -2,10 +2,14 @@
 beside their port I/O, in every mode, and a full MMIO map counted as dropped."""
 
 import json
+import re
+import time
 
 import pytest
 
-from helpers import HeldGuest, Traced, around, needs_tracing
+from helpers import HeldGuest, PerfRecord, Traced, around, needs_tracing, run_piobpf
+from qemuvm import MmioOp, MultibootVM
+from test_prometheus import Exporter, device, prometheus, running, scraped_after  # noqa: F401
 from tools import guest
 
 pytestmark = needs_tracing
@@ -100,3 +104,102 @@ def test_without_mmio_nothing_of_it_shows():
     assert [(r["direction"], r["port"], r["events"]) for r in result["rows"]] == \
         [("read", 0x3fd, 4)]
     assert "dropped" not in result and "space" not in result["rows"][0]
+
+
+# A real QEMU guest's MMIO to devices QEMU emulates in user space: its e1000's
+# registers (BAR 0, placed by SeaBIOS) and the HPET.
+QEMU_OPS = (MmioOp("read", 0x8, 4, 500, bar=4), MmioOp("write", 0xd8, 4, 30, bar=4),
+            MmioOp("read", 0xfed00000, 4, 200), MmioOp("write", 0xfed00010, 4, 7),
+            MmioOp("read", 0xfed000f0, 4, 9))
+SETTLE = 3.0    # the firmware's BAR moves seen, the VM's map read again
+
+
+def test_a_qemu_guest_equals_perf_and_is_named_from_qemu_map(tmp_path):
+    with MultibootVM("mmio-vm", QEMU_OPS) as vm:
+        t = Traced("--mmio", "--format", "json", "-p", str(vm.pid))
+        perf = PerfRecord(("kvm:kvm_mmio", "kvm:kvm_fast_mmio", "kvm:kvm_pio"), vm.pid)
+        try:
+            vm.start()
+            vm.wait_done()
+            time.sleep(SETTLE)
+        finally:
+            text = perf.script()
+            rc, out, err = t.stop()
+        bar = int(re.search(r"([0-9a-f]+)-[0-9a-f]+ \(prio \d+, i/o\): e1000-mmio ",
+                            vm.human("info mtree -f -o"))[1], 16)
+    assert rc == 0, err
+    perf_file, json_file = tmp_path / "perf.txt", tmp_path / "piobpf.json"
+    perf_file.write_text(text)
+    json_file.write_text(out)
+    # Every (space, direction, address) of the whole run, SeaBIOS's too, as
+    # perf saw it less its unsatisfied-reads.
+    cmp = run_piobpf("--compare", str(perf_file), str(json_file), "--format", "json")
+    assert cmp.returncode == 0, cmp.stdout + cmp.stderr
+    assert "kvm_mmio: mmio unsatisfied-read" in text
+    rows = {(r["direction"], r["gpa"]): (r["events"], r["bytes"], r["device"], r["device_source"])
+            for r in json.loads(out)["rows"] if r["space"] == "mmio"}
+    assert {k: v for k, v in rows.items() if v[2] in ("e1000-mmio nic1", "hpet")} == {
+        ("read", bar + 0x8): (500, 2000, "e1000-mmio nic1", "vmm"),
+        ("write", bar + 0xd8): (30, 120, "e1000-mmio nic1", "vmm"),
+        ("read", 0xfed00000): (200, 800, "hpet", "vmm"),
+        ("write", 0xfed00010): (7, 28, "hpet", "vmm"),
+        ("read", 0xfed000f0): (9, 36, "hpet", "vmm")}
+    assert {v[3] for v in rows.values()} == {"vmm"}
+
+
+def test_by_vm_across_two_vms():
+    a = HeldGuest("mr:0xfebc0000:4:40", "mw:0xfed00000:4:3", "r:0x3fd:1:5", name="mmio-a")
+    b = HeldGuest("mr:0xfebc0000:4:25", "mw:0xc0000000:2:8", name="mmio-b")
+    t = Traced("--mmio", "--by", "vm", "--format", "json", "-p", f"{a.pid},{b.pid}")
+    for g in (a, b):          # both at the same time
+        g.start()
+    for g in (a, b):
+        g.wait_done()
+    rc, out, err = t.stop()
+    for g in (a, b):
+        g.end()
+    assert rc == 0, err
+    done = ("mmio", "write", guest.DONE_GPA)
+    assert rows_of(json.loads(out), "pid", "vm") == {
+        (a.pid, "mmio-a", "mmio", "read", 0xfebc0000): (40, 160),
+        (a.pid, "mmio-a", "mmio", "write", 0xfed00000): (3, 12),
+        (a.pid, "mmio-a", "io", "read", 0x3fd): (5, 5), (a.pid, "mmio-a", *done): (1, 1),
+        (b.pid, "mmio-b", "mmio", "read", 0xfebc0000): (25, 100),
+        (b.pid, "mmio-b", "mmio", "write", 0xc0000000): (8, 16), (b.pid, "mmio-b", *done): (1, 1)}
+
+
+def test_prometheus_series_of_a_vm_that_exited(running, prometheus):
+    # The VM exits before the scrape: its MMIO keys have left the kernel map
+    # (piobpf_mmio_map_entries 0), its final counts are served.
+    g = HeldGuest("mr:0xfebc0000:4:40", "mw:0xfed00000:2:3", "r:0x3fd:1:5", name="prom-mmio")
+    running.append(g.proc)
+    exporter = Exporter(running, "--mmio", "--by", "vm", "--mmio-map-size", "100",
+                        "-p", str(g.pid))
+    url = prometheus(exporter.target)
+    g.start()
+    g.wait_done()
+    g.end()
+    got = scraped_after(url, time.time())
+    assert exporter.stop()[0] == 0
+    series = {(m["__name__"],) + tuple(m.get(l) for l in ("direction", "gpa", "port", "device",
+                                                          "vm", "reason")): v
+              for m, v in got if m.get("pid", str(g.pid)) == str(g.pid)}
+    vm = "prom-mmio"
+    assert series == {
+        ("piobpf_mmio_events_total", "read", "0xfebc0000", None, "unassigned", vm, None): 40,
+        ("piobpf_mmio_bytes_total", "read", "0xfebc0000", None, "unassigned", vm, None): 160,
+        ("piobpf_mmio_events_total", "write", "0xfed00000", None, "hpet", vm, None): 3,
+        ("piobpf_mmio_bytes_total", "write", "0xfed00000", None, "hpet", vm, None): 6,
+        ("piobpf_mmio_events_total", "write", hex(guest.DONE_GPA), None, "unassigned", vm,
+         None): 1,
+        ("piobpf_mmio_bytes_total", "write", hex(guest.DONE_GPA), None, "unassigned", vm,
+         None): 1,
+        ("piobpf_pio_events_total", "read", None, "0x3fd", device(0x3fd), vm, None): 5,
+        ("piobpf_pio_bytes_total", "read", None, "0x3fd", device(0x3fd), vm, None): 5,
+        ("piobpf_dropped_events_total", None, None, None, None, None, "map_full"): 0,
+        ("piobpf_dropped_events_total", None, None, None, None, None, "mmio_map_full"): 0,
+        ("piobpf_map_entries", None, None, None, None, None, None): 0,
+        ("piobpf_map_max_entries", None, None, None, None, None, None): 131072,
+        ("piobpf_mmio_map_entries", None, None, None, None, None, None): 0,
+        ("piobpf_mmio_map_max_entries", None, None, None, None, None, None): 100,
+    }
