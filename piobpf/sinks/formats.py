@@ -8,6 +8,7 @@ from collections import Counter
 from tabulate import tabulate
 
 from ..naming.devices import HOST_IOPORTS, IOPORTS_FILE, VMM
+from ..naming.mmiomap import PC_FIXED
 from ..core.keys import IO, MMIO, MODES, READ
 
 FORMATS = ("table", "json", "csv", "seed")
@@ -22,7 +23,8 @@ CSV_TIME_FIELDS = ["time_ns", "windows", "avg_ns", "max_ns", "hist_ns"]
 # by their VM's own map, when a table mixes sources.
 SOURCES = {VMM: ("", "the VM's own device model (QEMU monitor)"),
            IOPORTS_FILE: ("+", "the --ioports file"),
-           HOST_IOPORTS: ("*", "the host's /proc/ioports")}
+           HOST_IOPORTS: ("*", "the host's /proc/ioports"),
+           PC_FIXED: ("#", "the PC's fixed MMIO addresses")}
 _CONTROL = dict.fromkeys(list(range(32)) + [127])
 
 
