@@ -126,7 +126,8 @@ enum { WINDOW_NONE, WINDOW_LEAVING, WINDOW_OUT };
 // Per vCPU thread: the exit under way.
 struct pio_pending {
     u64 user_ts;            // KVM_RUN ended (kvm_fpu 0) with an exit of `reason`
-    u64 key;                // that exit's key: for KVM_EXIT_IO direction << 16 | port
+    u64 key;                // that exit's key: for KVM_EXIT_IO direction << 16 | port,
+                            // for KVM_EXIT_MMIO (--mmio) dirgpa
     u32 reason;             // its KVM_EXIT_*
     u32 state;              // WINDOW_*
     u64 exit_ts;            // kvm_exit (0: none seen)

@@ -90,8 +90,10 @@ def test_table_shows_the_space_and_the_drops():
     assert lines[0].split() == ["SPACE", "DIR", "ADDRESS", "DEVICE", "EVENTS", "%", "EVENTS/s",
                                 "BYTES"]
     assert lines[2].split()[:3] == ["io", "read", "0x03fd"] and lines[2].split()[-4] == "4"
-    assert lines[3].split()[:5] == ["mmio", "read", "0xfebc0000", "unassigned", "3"]
-    assert lines[4].split()[:5] == ["mmio", "read", "0xfebc0004", "unassigned", "2"]
+    # Marked: the port is named from /proc/ioports, the addresses from the PC's fixed table.
+    assert lines[3].split()[:5] == ["mmio", "read", "0xfebc0000", "unassigned#", "3"]
+    assert lines[4].split()[:5] == ["mmio", "read", "0xfebc0004", "unassigned#", "2"]
+    assert lines[-1] == "DEVICE from * the host's /proc/ioports; # the PC's fixed MMIO addresses"
     assert "9 events in" in out and "1 dropped (map full: 0 port I/O, 1 MMIO)" in out
     assert "1 dropped (map full: 0 port I/O, 1 MMIO): see --map-size and --mmio-map-size" in err
 
@@ -203,3 +205,30 @@ def test_prometheus_series_of_a_vm_that_exited(running, prometheus):
         ("piobpf_mmio_map_entries", None, None, None, None, None, None): 0,
         ("piobpf_mmio_map_max_entries", None, None, None, None, None, None): 100,
     }
+
+
+@pytest.mark.parametrize("by", ["port", "vcpu"])
+def test_latency_ranks_the_slow_address_first(by):
+    # The VMM answers one address 500 us late: its exits rank first by time,
+    # each timed once, none faster than the delay; the others are not slowed.
+    g = HeldGuest("mr:0xfebc0000:4:300", "mw:0xfebc0004:4:200", "mr:0xfebc0008:2:3000",
+                  "r:0x3fd:1:1000", args=["--delay", "0xfebc0000:500"],
+                  thread_name="CPU {i}/KVM")
+    rc, out, err = around(g, "--mmio", "--latency", "--format", "json", "--by", by)
+    assert rc == 0, err
+    result = json.loads(out)
+    rows = {(r["space"], r["direction"], r.get("gpa", r.get("port"))): r for r in result["rows"]}
+    slow = rows[("mmio", "read", 0xfebc0000)]
+    assert result["rows"][0].get("gpa") == 0xfebc0000    # first by TIME, not by events
+    assert {k: (r["events"], r["windows"]) for k, r in rows.items()} == {
+        ("mmio", "read", 0xfebc0000): (300, 300), ("mmio", "write", 0xfebc0004): (200, 200),
+        ("mmio", "read", 0xfebc0008): (3000, 3000), ("io", "read", 0x3fd): (1000, 1000),
+        ("mmio", "write", guest.DONE_GPA): (1, 0)}     # its exit ends the run: never answered
+    assert slow["avg_ns"] >= 500_000 and slow["max_ns"] >= 500_000
+    assert all(b["low_ns"] >= 1 << 18 for b in slow["hist_ns"])    # none below 262 us
+    assert rows[("mmio", "read", 0xfebc0008)]["avg_ns"] < 500_000 / 4
+    assert slow["time_ns"] > rows[("mmio", "read", 0xfebc0008)]["time_ns"]
+    # The done marker's exit is open at the end if its thread has not quite
+    # exited by then (the guest's join returns a moment before).
+    assert result["untimed_exits"].pop("open_at_end") <= 1
+    assert set(result["untimed_exits"].values()) == {0}
