@@ -9,6 +9,7 @@ import pytest
 
 from helpers import HeldGuest, PerfRecord, Traced, around, needs_tracing, run_piobpf
 from qemuvm import MmioOp, MultibootVM
+from test_live import needs_tmux, term  # noqa: F401 -- the fixture
 from test_prometheus import Exporter, device, prometheus, running, scraped_after  # noqa: F401
 from tools import guest
 
@@ -232,3 +233,30 @@ def test_latency_ranks_the_slow_address_first(by):
     # exited by then (the guest's join returns a moment before).
     assert result["untimed_exits"].pop("open_at_end") <= 1
     assert set(result["untimed_exits"].values()) == {0}
+
+
+MMIO_LIVE_ROW = re.compile(r"^(io|mmio)\s+(read|write)\s+0x([0-9a-f]+)\s.*?\s\d+\.\d\s+(\d+)\s+\d+\.\d$")
+
+
+@needs_tmux
+def test_live_shows_the_space_and_filters_by_gpa(term):
+    g = HeldGuest("mr:0xfebc0000:4:700", "mw:0xfed00000:4:30", "r:0x3fd:1:50")
+    t = term("--mmio", "-p", str(g.pid), "-i", "0.5")
+    g.start()
+    g.wait_done()
+    rows = lambda s: {(m[1], m[2], int(m[3], 16)): int(m[4]) for line in s.splitlines()
+                      if (m := MMIO_LIVE_ROW.search(line))}
+    t.until(lambda s: rows(s) == {("mmio", "read", 0xfebc0000): 700,
+                                  ("mmio", "write", 0xfed00000): 30, ("io", "read", 0x3fd): 50,
+                                  ("mmio", "write", guest.DONE_GPA): 1}, "every row counted")
+    t.keys("g")
+    t.type("fed00000")
+    t.keys("Enter")
+    t.until(lambda s: rows(s) == {("mmio", "write", 0xfed00000): 30}, "the filtered row")
+    t.keys("q")
+    rc, shown, err = t.end()
+    g.end()
+    assert rc == 0, err
+    header = next(l for l in shown.splitlines() if l.startswith("SPACE"))
+    assert header.split()[:3] == ["SPACE", "DIR", "ADDRESS"]
+    assert "781 events in" in shown

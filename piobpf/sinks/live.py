@@ -48,7 +48,7 @@ def key(row):
 def matches(row, text):
     """The filter: the port or gpa in hex (3fd, 0x3fd), or part of the VM's or device's name."""
     try:
-        if int(text, 16) == row.port:
+        if int(text, 16) == int(row.port):   # a Gpa equals no plain int
             return True
     except ValueError:
         pass
