@@ -1,5 +1,6 @@
-# Shared by the install scripts (setup.sh, test-deps.sh, bench.sh): sourced,
-# not run. Each checks before it acts, so a second run is quick.
+# Shared by the install scripts (setup.sh, test-deps.sh, bench.sh,
+# build-deb.sh): sourced, not run. Each checks before it acts, so a second
+# run is quick.
 
 say() { local me=${0##*/}; echo "${me%.sh}: $*" >&2; }
 die() { say "$*"; exit 1; }

@@ -15,9 +15,11 @@ need_root_and_apt
 # (daemon, its QEMU driver, virsh): a libvirt-managed VM. Not
 # libvirt-daemon-system: it would upgrade systemd and add iptables and a
 # default network, none of it used (the tests run libvirtd with a
-# configuration of their own).
+# configuration of their own). systemd: systemd-analyze verifies the
+# exporter's unit (installing it does not make it PID 1). The .deb's build
+# tools: scripts/build-deb.sh installs them itself.
 install_packages python3-pytest prometheus tmux linux-perf bpftrace bpftool curl openssl \
-    qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+    qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients systemd
 
 # libvirtd's QEMU driver looks up its default user and group, libvirt-qemu,
 # when it starts, even where qemu.conf names others: created here as

@@ -28,7 +28,7 @@ def _kvm_pio_present():
                for t in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"))
 
 
-def _why_not_tracing():
+def why_not_tracing():
     if os.geteuid() != 0:
         return "needs root to load BPF programs"
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
@@ -39,8 +39,8 @@ def _why_not_tracing():
 
 
 # Skips only where the machine cannot trace; on a KVM host as root all run.
-needs_tracing = pytest.mark.skipif(_why_not_tracing() is not None,
-                                   reason=_why_not_tracing() or "")
+needs_tracing = pytest.mark.skipif(why_not_tracing() is not None,
+                                   reason=why_not_tracing() or "")
 
 
 def piobpf_cmd(*args):
@@ -149,19 +149,23 @@ class Traced:
 
 def around(guest, *args, sig=signal.SIGINT):
     """piobpf ARGS -p GUEST around a HeldGuest's whole run: (rc, stdout, stderr)."""
-    t = Traced(*args, "-p", str(guest.pid))
+    return around_each(guest, args, sig=sig)[0]
+
+
+def around_each(guest, *runs, sig=signal.SIGINT):
+    """A piobpf ARGS -p GUEST for each ARGS in `runs`, all at once around a
+    HeldGuest's whole run: [(rc, stdout, stderr)], in the order of `runs`."""
+    tracers = [Traced(*args, "-p", str(guest.pid)) for args in runs]
     guest.start()
     guest.wait_done()
-    rc, out, err = t.stop(sig)
+    results = [t.stop(sig) for t in tracers]
     guest.end()
-    return rc, out, err
+    return results
 
 
 def trace_json(ops, *args, **guest_kw):
-    """piobpf --format json around one guest run; returns the parsed object."""
-    t = Traced("--format", "json", *args)
-    run_guest(*ops, **guest_kw)
-    rc, out, err = t.stop()
+    """piobpf --format json -p around one guest's run; returns the parsed object."""
+    rc, out, err = around(HeldGuest(*ops, **guest_kw), "--format", "json", *args)
     assert rc == 0, err
     return json.loads(out)
 
@@ -181,11 +185,12 @@ class PerfRecord:
         self.proc = perfrecord.start(self.data, events=events,
                                      target=("-p", str(pid)) if pid else ("-a",))
 
-    def script(self):
-        """Stop recording; the `perf script` text of what it saw."""
+    def script(self, pid):
+        """Stop recording; the `perf script` text of what it saw of process
+        `pid` (it records the whole host, as the seed's recipe does)."""
         perfrecord.stop(self.proc)
-        out = subprocess.run(["perf", "script", "-i", self.data], capture_output=True,
-                             text=True, timeout=300)
+        out = subprocess.run(["perf", "script", "-i", self.data, "--pid", str(pid)],
+                             capture_output=True, text=True, timeout=300)
         self.dir.cleanup()
         assert out.returncode == 0, out.stderr
         return out.stdout

@@ -36,6 +36,7 @@ them anew, as root: PYTHONPATH=. /usr/bin/python3 tests/qemuvm.py
 
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -299,43 +300,60 @@ def _hmp(sock, commands, banner):
     return outputs
 
 
+def as_user(user):
+    """The command prefix that runs a program as `user` (its uid and primary
+    group), able to open /dev/kvm (root's, mode 600) through an ambient
+    CAP_DAC_OVERRIDE: no test changes the device's permissions."""
+    pw = pwd.getpwnam(user)
+    return ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups",
+            "--inh-caps=+dac_override", "--ambient-caps=+dac_override"]
+
+
 class QemuVM:
     """qemu-system-x86_64 on KVM, paused, booting firmware(devices, ops, marker).
 
     monitor: one of MONITORS. `qmp` and `hmp` are -qmp/-monitor on a unix
     socket, `chardev-*` the same through -chardev socket and -mon, `none` no
     socket at all (the harness talks to a -monitor on stdio). `extra`: more
-    QEMU arguments, paths relative to the VM's folder `dir`.
+    QEMU arguments, paths relative to the VM's folder `dir`; `parent`: where
+    that folder is made (the temp dir by default); `user`: who QEMU runs as.
     """
 
     def __init__(self, name, monitor="qmp", devices=(virtio_net(0xC000, 1000),), ops=(),
-                 marker=MARKER, extra=()):
+                 marker=MARKER, extra=(), user=None, parent=None):
         args = ["-bios", "bios.bin", *extra]
         for d in devices:
             args += ["-device", d.arg()]
-        self._launch(name, monitor, marker, {"bios.bin": firmware(devices, ops, marker)}, args)
+        self._launch(name, monitor, marker, {"bios.bin": firmware(devices, ops, marker)}, args,
+                     user, parent)
 
-    def _launch(self, name, monitor, marker, files, args):
-        """Start QEMU in a new temp dir holding `files`, with `args` (paths
-        relative to that dir) besides the common ones; return once its monitor
-        answers, which it does only after QEMU has built the machine."""
+    def _launch(self, name, monitor, marker, files, args, user=None, parent=None):
+        """Start QEMU in a new temp dir (in `parent`) holding `files`, with
+        `args` (paths relative to that dir) besides the common ones; return
+        once its monitor answers, which it does only after QEMU has built the
+        machine. `user`: QEMU runs as that user, its dir and files that user's."""
         if monitor not in MONITORS:
             raise ValueError(f"monitor {monitor!r}: one of {', '.join(MONITORS)}")
         self.name = name
         self.monitor = monitor
         self.marker = marker
         self.proc = self._stdio = None
-        self.dir = tempfile.mkdtemp(prefix="qemuvm-")   # 0700: all who use it run as root
+        self.dir = tempfile.mkdtemp(prefix="qemuvm-", dir=parent)   # 0700
         self.serial = os.path.join(self.dir, "serial.txt")
         self.log = os.path.join(self.dir, "qemu.log")
         self.monitor_path = None if monitor == "none" else os.path.join(self.dir, "monitor.sock")
         cmd = [QEMU, "-nodefaults", "-nographic", "-machine", "pc,accel=kvm", "-m", "16", "-S",
                "-name", f"guest={name},debug-threads=on", "-serial", f"file:{self.serial}",
                *_monitor_args(monitor, self.monitor_path), *args]
+        if user:
+            cmd = [*as_user(user), *cmd]
         try:
             for file, data in files.items():
                 with open(os.path.join(self.dir, file), "wb") as f:
                     f.write(data)
+            if user:
+                for path in (self.dir, *(os.path.join(self.dir, f) for f in files)):
+                    shutil.chown(path, user, pwd.getpwnam(user).pw_gid)
             theirs = None
             if monitor == "none":
                 self._stdio, theirs = socket.socketpair()

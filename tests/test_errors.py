@@ -10,7 +10,7 @@ import tempfile
 import pytest
 
 from helpers import (ENV, MIXED, MIXED_EXPECTED, PY, REPO, HeldGuest, Traced, around,
-                     assert_one_line, by_key, needs_tracing, piobpf_cmd, run, run_guest)
+                     assert_one_line, by_key, needs_tracing, piobpf_cmd, run)
 
 
 @pytest.mark.parametrize("args,word", [
@@ -85,10 +85,13 @@ def test_tracefs_not_mountable():
 
 @needs_tracing
 def test_closed_pipe():
-    t = Traced("--format", "seed")
+    guest = HeldGuest("r:0x3fd:1:10")
+    t = Traced("--format", "seed", "-p", str(guest.pid))
     t.proc.stdout.close()     # the reader is gone before anything is written
-    run_guest("r:0x3fd:1:10")
+    guest.start()
+    guest.wait_done()
     rc, _, err = t.stop()
+    guest.end()
     assert rc == 1
     assert err.splitlines() == ["piobpf: output closed before all results were written "
                                 "(broken pipe)"]

@@ -5,7 +5,7 @@ the classic tracepoint and the hash map that --by vm uses. All three trace
 the same guest at the same time, on a workload whose port changes on every
 event."""
 
-from helpers import MIXED, MIXED_EXPECTED, Traced, needs_tracing, run_guest, sum_rows
+from helpers import MIXED, MIXED_EXPECTED, HeldGuest, around_each, needs_tracing, sum_rows
 
 pytestmark = needs_tracing
 
@@ -14,15 +14,13 @@ INTERLEAVED = ["r:0x3f8-0x3ff"] * 40 + ["w:0x2f8-0x2ff:2"] * 40
 
 
 def test_array_raw_equals_classic_and_hash():
-    tracers = [Traced("--format", "json", "--attach", "raw"),
-               Traced("--format", "json", "--attach", "classic"),
-               Traced("--format", "json", "--by", "vm", "--attach", "classic")]
-    run_guest(*INTERLEAVED, *MIXED)
     results = []
-    for t in tracers:
-        rc, out, err = t.stop()
+    for rc, out, err in around_each(HeldGuest(*INTERLEAVED, *MIXED),
+                                    ["--format", "json", "--attach", "raw"],
+                                    ["--format", "json", "--attach", "classic"],
+                                    ["--format", "json", "--by", "vm", "--attach", "classic"]):
         assert rc == 0, err
-        results.append(sum_rows(out))     # by VM: summed over VMs, per port
+        results.append(sum_rows(out))     # by VM: one VM's rows, per port
     expected = dict(MIXED_EXPECTED)
     for port in range(0x3f8, 0x400):
         e, b = expected.get(("read", port), (0, 0))
@@ -33,12 +31,10 @@ def test_array_raw_equals_classic_and_hash():
 
 
 def test_intervals_leave_nothing_behind():
-    t = Traced("--format", "json", "-i", "0.1", "--by", "vcpu")
-    u = Traced("--format", "json", "-i", "0.1")
-    run_guest(*INTERLEAVED, thread_name="CPU 0/KVM")
     sums = []
-    for tracer in (t, u):
-        rc, out, err = tracer.stop()
+    for rc, out, err in around_each(HeldGuest(*INTERLEAVED, thread_name="CPU 0/KVM"),
+                                    ["--format", "json", "-i", "0.1", "--by", "vcpu"],
+                                    ["--format", "json", "-i", "0.1"]):
         assert rc == 0, err
         sums.append(sum_rows(out))
     assert sums[0] == sums[1]

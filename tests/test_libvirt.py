@@ -26,11 +26,12 @@ from xml.etree import ElementTree
 
 import pytest
 
-from helpers import Traced, needs_tracing
+from helpers import Traced, free_port, needs_tracing
 from piobpf.naming import monitor
 from piobpf.naming import mtree
 from piobpf.naming import qemucmd
 from piobpf.naming.qemucmd import Monitor
+from test_unit import Service, by_pid_port, env_file, scrape, source_unit
 
 pytestmark = needs_tracing
 
@@ -287,3 +288,27 @@ def test_a_domain_named_as_another_ones_id_is_asked_for_its_own_map(booted, doma
     assert mtree.parse(booted.hmp(monitor.QUERY)).lookup(0x3f8) == mtree.UNASSIGNED
     answer = monitor.ask(qemucmd.find_monitor(dom.argv), dom.pid, timeout=30)
     assert mtree.parse(answer).lookup(0x3f8) == f"serial {alias}"
+
+
+def test_the_service_names_a_libvirt_vms_ports_through_virsh(domains, tmp_path):
+    # piobpf-exporter.service's sandbox (tests/unitrun.py: its capabilities,
+    # no new privileges, /root hidden, all read-only) still lets virsh ask
+    # libvirt for the VM's map: the host's ioports say "PCI conf1" for 0xcf8.
+    dom = domains("unit", paused=True)
+    port = free_port()
+    unit = source_unit(env_file(tmp_path, f"127.0.0.1:{port}", f"--by vm -p {dom.pid}"))
+    service = Service(unit)
+    try:
+        assert service.first.startswith("Serving kvm:kvm_pio"), service.stop()
+        virsh("resume", dom.uuid)
+        deadline = time.monotonic() + 60
+        while True:
+            got = by_pid_port(scrape(f"http://127.0.0.1:{port}/metrics"))
+            device = got.get((str(dom.pid), "0xcf8"), (0, None))[1]
+            if device == "pci-conf-idx" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert device == "pci-conf-idx"
+    finally:
+        rc, err = service.stop()
+    assert rc == 0 and "no device map" not in err, err

@@ -3,8 +3,10 @@ VMs gone before they are looked at, recycled pids, a kernel map smaller than
 all the keys a run sees (exited VMs leave it), and the exporter's retention.
 
 Real guest processes on the real tracepoint. Churn runs can not filter with
--p (their pids are not known in advance): guests of others on the host may
-show up, and are left out of every assertion but the map's size.
+-p (their pids are not known in advance): guests of others on the host show
+up (conftest's neighbour VM always does), and are left out of every
+assertion by pid but the map's size; where they crowd the map, this test's
+VMs lose only what is counted dropped.
 """
 
 import json
@@ -23,7 +25,10 @@ from piobpf.core.keys import Proc
 from test_names import fake_proc
 from test_prometheus import Exporter, get, prometheus, running, wait_for  # noqa: F401 (fixtures)
 
-MAP_SIZE = "64"     # a few VMs' keys: the churn fits only if exited VMs leave the map
+# Room for others' VMs on the host (conftest's neighbour has a few dozen keys,
+# another suite's churn as many again) beside this test's, but not for the
+# churn's 600 keys: they fit only if exited VMs leave the map.
+MAP_SIZE = "512"
 HOLD = 0.1          # seconds a churn guest lives after its last exit
 WORKERS = 6         # churn guests alive at once
 RETENTION = 3       # seconds the churn's exporter serves an exited VM
@@ -126,19 +131,28 @@ def test_churn_every_vm_named_and_counted_exactly(running):
                 e0, b0 = summed.setdefault(key, {}).get(port, (0, 0))
                 summed[key][port] = (e0 + e, b0 + b)
     mine = {pid for pid, _, _, _ in warm + lives}
-    foreign = {key for key in groups(total["rows"]) if key[0] not in mine}
-    for found in (groups(total["rows"]), summed):
-        # Named, and exact: each process under its own name, nothing unnamed.
-        assert {key: found.get(key) for key in ((pid, name) for pid, name, _, _ in lives)} == {
-            (pid, name): expected for pid, name, expected, _ in lives}
-        assert not [key for key in found if key[0] in mine and key[1] is None]
-    if not foreign:     # another's VM on the host may fill the small map
-        assert total["dropped_events"] == 0
+    named = {(pid, name) for pid, name, _, _ in warm + lives}
+    want = {(pid, name): expected for pid, name, expected, _ in lives}
+    crowded = len([r for r in total["rows"] if r["pid"] not in mine]) > int(MAP_SIZE) // 2
+    for found, dropped in ((groups(total["rows"]), total["dropped_events"]),
+                           (summed, sum(json.loads(l)["dropped_events"]
+                                        for l in outs[1][1].splitlines()))):
+        # Each process under its own name, nothing unnamed.
+        assert {key for key in found if key[0] in mine} <= named
+        got = {key: found.get(key, {}) for key in want}
+        if not crowded:     # exact
+            assert (got, dropped) == (want, 0)
+        else:   # others' VMs on the host filled the map: ours lost only what was dropped
+            assert all(got[key].get(port, (0, 0)) <= counts for key in want
+                       for port, counts in want[key].items())
+            lost = sum(e for counts in want.values() for e, _ in counts.values()) - sum(
+                e for counts in got.values() for e, _ in counts.values())
+            assert 0 <= lost <= dropped
     # The kernel map holds the keys of running VMs only (others' on the
     # host, each a series), and the exporter has forgotten all of these.
     assert page["piobpf_map_entries", ()] <= len([k for k in page if k[0] ==
                                                   "piobpf_pio_events_total"])
-    assert not [k for k in page if dict(k[1]).get("vm", "").startswith(("warm-", "churn-"))]
+    assert not [k for k in page if (int(dict(k[1]).get("pid", 0)), dict(k[1]).get("vm")) in named]
     assert after - before < 4096, (before, after)       # kB
 
 
@@ -167,15 +181,16 @@ def test_prometheus_during_churn(running, prometheus):
     lives = churn(60, "scraped")
     scraped(time.time() + RETENTION + 1)    # the last one's retention is over
     series = query(url, "piobpf_pio_events_total[10m]")
-    now = {(r["metric"]["vm"], r["metric"]["port"]): r["value"][1]
+    # Keyed by pid too: another suite on the host may run VMs of these names.
+    now = {(int(r["metric"]["pid"]), r["metric"]["vm"], r["metric"]["port"]): r["value"][1]
            for r in query(url, "piobpf_pio_events_total")}
     for g in live:
         g.end()
     assert exporter.stop()[0] == 0
 
-    def samples(name, port):
-        found = [r["values"] for r in series if (r["metric"]["vm"], r["metric"]["port"]) == (
-            name, port)]
+    def samples(pid, name, port):
+        found = [r["values"] for r in series if (
+            r["metric"]["pid"], r["metric"]["vm"], r["metric"]["port"]) == (str(pid), name, port)]
         assert len(found) == 1, (name, port, found)
         return [(ts, float(v)) for ts, v in found[0]]
 
@@ -183,15 +198,15 @@ def test_prometheus_during_churn(running, prometheus):
     for r in series:
         values = [float(v) for _, v in r["values"]]
         assert values == sorted(values), r["metric"]
-    for _, name, expected, exited in lives:
+    for pid, name, expected, exited in lives:
         for (_, port), (events, _) in expected.items():
-            got = samples(name, f"{port:#x}")
+            got = samples(pid, name, f"{port:#x}")
             assert got[-1][1] == events
             assert got[-1][0] > exited, (name, "ended before its process did")
-            assert (name, f"{port:#x}") not in now, (name, "not ended after the retention")
-    for i in (1, 2):
+            assert (pid, name, f"{port:#x}") not in now, (name, "not ended after the retention")
+    for i, g in zip((1, 2), live):
         for (_, port), (events, _) in guest_ops(i)[1].items():
-            assert float(now[f"live-{i}", f"{port:#x}"]) == events
+            assert float(now[g.pid, f"live-{i}", f"{port:#x}"]) == events
 
 
 @needs_tracing
@@ -351,11 +366,13 @@ def test_exporter_serves_every_short_lived_vm(running, prometheus):
     after = time.time()
     wait_for("a scrape after the last guest", lambda: [
         r for r in query(url, "timestamp(piobpf_map_entries)") if float(r["value"][1]) > after])
+    expected = {(pid, name): want for pid, name, want in lives}
+    # Of these VMs only: another suite on the host may run VMs of these names.
     stored = {(r["metric"]["pid"], r["metric"]["vm"], r["metric"]["direction"],
                r["metric"]["port"]): int(r["value"][1])
-              for r in query(url, 'piobpf_pio_events_total{vm=~"(lone|b2b)-.*"}')}
+              for r in query(url, 'piobpf_pio_events_total{vm=~"(lone|b2b)-.*"}')
+              if (int(r["metric"]["pid"]), r["metric"]["vm"]) in expected}
     assert exporter.stop()[0] == 0
-    expected = {(pid, name): want for pid, name, want in lives}
     assert served(page, lives) == expected
     assert stored == {(str(pid), name, d, f"{port:#x}"): events
                       for (pid, name), want in expected.items()

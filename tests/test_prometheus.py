@@ -27,10 +27,12 @@ CONFIG = """\
 global:
   scrape_interval: 1s
   scrape_timeout: 1s
+  evaluation_interval: 1s
+rule_files: {rules}
 scrape_configs:
   - job_name: piobpf
     static_configs:
-      - targets: ["{target}"]
+      - targets: {targets}
 """
 
 
@@ -91,16 +93,18 @@ class Exporter:
 
 @pytest.fixture
 def prometheus():
-    """start(target): a Prometheus server scraping target every second, ready.
+    """start(*targets, rules=()): a Prometheus server scraping the targets
+    (job piobpf) every second, with the rule files, ready.
 
     Its config, data and log are in a directory removed afterwards."""
     workdir = tempfile.TemporaryDirectory()
     procs = []
 
-    def start(target):
+    def start(*targets, rules=()):
         config = f"{workdir.name}/prometheus.yml"
         with open(config, "w") as f:
-            f.write(CONFIG.format(target=target))
+            f.write(CONFIG.format(targets=json.dumps(targets), rules=json.dumps(
+                [str(r) for r in rules])))
         port = free_port()
         with open(f"{workdir.name}/prometheus.log", "w") as log:
             procs.append(subprocess.Popen(

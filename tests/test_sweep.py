@@ -4,16 +4,15 @@ import json
 
 import pytest
 
-from helpers import Traced, needs_tracing, run_guest
+from helpers import HeldGuest, around, needs_tracing
 
 pytestmark = needs_tracing
 
 
 @pytest.mark.parametrize("attach", ["raw", "classic"])
 def test_all_65536_ports_both_directions(attach):
-    t = Traced("--format", "json", "--attach", attach)
-    run_guest("r:0-0xffff", "w:0-0xffff:2")
-    rc, out, err = t.stop()
+    rc, out, err = around(HeldGuest("r:0-0xffff", "w:0-0xffff:2"), "--format", "json",
+                          "--attach", attach)
     assert rc == 0, err
     result = json.loads(out)
     assert result["dropped_events"] == 0
