@@ -101,6 +101,8 @@ static __always_inline void add_window(struct pio_time *t, u64 ns)
         t->max_ns = ns;
 }
 
+// (BCC allows no map call in a macro, nor a map as an argument: each time
+// map has its own "look up, else make" below.)
 static __always_inline void time_window(u32 slot, u64 ns)
 {
     if (too_long(ns))

@@ -9,6 +9,7 @@ import pytest
 
 from helpers import HeldGuest, PerfRecord, Traced, around, needs_tracing, run_piobpf
 from qemuvm import MmioOp, MultibootVM
+from test_by_vm import run_two_guests
 from test_live import needs_tmux, term  # noqa: F401 -- the fixture
 from test_prometheus import Exporter, device, prometheus, running, scraped_after  # noqa: F401
 from tools import guest
@@ -151,24 +152,16 @@ def test_a_qemu_guest_equals_perf_and_is_named_from_qemu_map(tmp_path):
 
 
 def test_by_vm_across_two_vms():
-    a = HeldGuest("mr:0xfebc0000:4:40", "mw:0xfed00000:4:3", "r:0x3fd:1:5", name="mmio-a")
-    b = HeldGuest("mr:0xfebc0000:4:25", "mw:0xc0000000:2:8", name="mmio-b")
-    t = Traced("--mmio", "--by", "vm", "--format", "json", "-p", f"{a.pid},{b.pid}")
-    for g in (a, b):          # both at the same time
-        g.start()
-    for g in (a, b):
-        g.wait_done()
-    rc, out, err = t.stop()
-    for g in (a, b):
-        g.end()
-    assert rc == 0, err
+    a, b, result = run_two_guests("--mmio", "--by", "vm", "-p", "{a},{b}", ops=(
+        ["mr:0xfebc0000:4:40", "mw:0xfed00000:4:3", "r:0x3fd:1:5"],
+        ["mr:0xfebc0000:4:25", "mw:0xc0000000:2:8"]))
     done = ("mmio", "write", guest.DONE_GPA)
-    assert rows_of(json.loads(out), "pid", "vm") == {
-        (a.pid, "mmio-a", "mmio", "read", 0xfebc0000): (40, 160),
-        (a.pid, "mmio-a", "mmio", "write", 0xfed00000): (3, 12),
-        (a.pid, "mmio-a", "io", "read", 0x3fd): (5, 5), (a.pid, "mmio-a", *done): (1, 1),
-        (b.pid, "mmio-b", "mmio", "read", 0xfebc0000): (25, 100),
-        (b.pid, "mmio-b", "mmio", "write", 0xc0000000): (8, 16), (b.pid, "mmio-b", *done): (1, 1)}
+    assert rows_of(result, "pid", "vm") == {
+        (a.pid, "vm-a", "mmio", "read", 0xfebc0000): (40, 160),
+        (a.pid, "vm-a", "mmio", "write", 0xfed00000): (3, 12),
+        (a.pid, "vm-a", "io", "read", 0x3fd): (5, 5), (a.pid, "vm-a", *done): (1, 1),
+        (b.pid, "vm-b", "mmio", "read", 0xfebc0000): (25, 100),
+        (b.pid, "vm-b", "mmio", "write", 0xc0000000): (8, 16), (b.pid, "vm-b", *done): (1, 1)}
 
 
 def test_prometheus_series_of_a_vm_that_exited(running, prometheus):
