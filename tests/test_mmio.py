@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from helpers import HeldGuest, PerfRecord, Traced, around, needs_tracing, run_piobpf
+from helpers import (HeldGuest, PerfRecord, Traced, around, assert_one_line, needs_tracing,
+                     run_piobpf)
 from qemuvm import MmioOp, MultibootVM
 from test_by_vm import run_two_guests
 from test_live import needs_tmux, term  # noqa: F401 -- the fixture
@@ -121,13 +122,13 @@ SETTLE = 3.0    # the firmware's BAR moves seen, the VM's map read again
 def test_a_qemu_guest_equals_perf_and_is_named_from_qemu_map(tmp_path):
     with MultibootVM("mmio-vm", QEMU_OPS) as vm:
         t = Traced("--mmio", "--format", "json", "-p", str(vm.pid))
-        perf = PerfRecord(("kvm:kvm_mmio", "kvm:kvm_fast_mmio", "kvm:kvm_pio"), vm.pid)
+        perf = PerfRecord(("kvm:kvm_mmio", "kvm:kvm_fast_mmio", "kvm:kvm_pio"))
         try:
             vm.start()
             vm.wait_done()
             time.sleep(SETTLE)
         finally:
-            text = perf.script()
+            text = perf.script(vm.pid)
             rc, out, err = t.stop()
         bar = int(re.search(r"([0-9a-f]+)-[0-9a-f]+ \(prio \d+, i/o\): e1000-mmio ",
                             vm.human("info mtree -f -o"))[1], 16)
@@ -253,3 +254,36 @@ def test_live_shows_the_space_and_filters_by_gpa(term):
     header = next(l for l in shown.splitlines() if l.startswith("SPACE"))
     assert header.split()[:3] == ["SPACE", "DIR", "ADDRESS"]
     assert "781 events in" in shown
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--mmio-map-size", "64"], ["--mmio-map-size is for --mmio"]),
+    (["--mmio", "--mmio-map-size", "0"], ["--mmio-map-size", "positive"]),
+    (["--mmio", "--mmio-map-size", str((1 << 24) + 1)], ["--mmio-map-size: at most"]),
+    (["--mmio", "--from-perf", "-"], ["--mmio", "--from-perf"]),
+])
+def test_bad_mmio_options_are_one_line(args, words):
+    assert_one_line(run_piobpf(*args), 2, *words)
+
+
+def test_classic_tracepoints_count_the_same():
+    _, result = traced("--attach", "classic")
+    assert rows_of(result) == EXPECTED and result["dropped_events"] == 0
+
+
+@pytest.mark.parametrize("attach", ["raw", "classic"])
+def test_perf_is_not_blinded(attach):
+    # perf recording kvm:kvm_mmio beside piobpf --mmio sees every event.
+    g = HeldGuest("mr:0xfebc0000:4:300", "mw:0xfed00000:4:40")
+    t = Traced("--mmio", "--attach", attach, "--format", "json", "-p", str(g.pid))
+    perf = PerfRecord(("kvm:kvm_mmio",))
+    g.start()
+    g.wait_done()
+    text = perf.script(g.pid)
+    rc, out, err = t.stop()
+    g.end()
+    assert rc == 0, err
+    assert text.count("mmio unsatisfied-read len 4 gpa 0xfebc0000 ") == 300
+    assert text.count("mmio read len 4 gpa 0xfebc0000 ") == 300
+    assert text.count("mmio write len 4 gpa 0xfed00000 ") == 40
+    assert rows_of(json.loads(out))[("mmio", "read", 0xfebc0000)] == (300, 1200)
