@@ -5,7 +5,7 @@ The counter (counter.py) merges them into its Snapshots as Keys whose
 address is a Gpa, and moves an exited VM's keys out as it does its ports'.
 """
 
-from ..core.keys import READ, WRITE, Gpa, Key
+from ..core.keys import MODES, READ, WRITE, Gpa, Key
 from ..core.snapshot import Counts, Times
 from .program import LEAF_FIELDS, MMIO_KEY_FIELDS, MMIO_WRITE_BIT, TIME_FIELDS, layout
 
@@ -24,13 +24,14 @@ class MmioMaps:
     VM id and thread (the counter's, which knows the VMs)."""
 
     def __init__(self, bpf, reader, by, latency, owner):
-        self._reader, self._owner, self._by = reader, owner, by
+        self._reader, self._owner = reader, owner
+        self._threads = MODES[by].per_thread     # counts carry the thread's name
         self._counts = bpf["mmio_counts"]
         self._kfmt = layout(self._counts.Key, MMIO_KEY_FIELDS)
         self._vfmt = layout(self._counts.Leaf, LEAF_FIELDS[by])
         self._times = bpf["mmio_times"] if latency else None
         if latency:
-            self._tfmt = layout(self._times.Leaf, TIME_FIELDS)
+            layout(self._times.Leaf, TIME_FIELDS)   # read by field name: checked only
         self.capacity = self._counts.max_entries
         self.entries = 0        # keys in the map at the last read
 
@@ -45,7 +46,7 @@ class MmioMaps:
         for (dirgpa, vm, tid), value in self._reader.rows(self._counts, self._kfmt, self._vfmt):
             key = self.key(dirgpa, vm, tid)
             counts[key] = Counts(*value[:2])
-            if len(value) > 2 and (key.vm, tid) not in comms:
+            if self._threads and (key.vm, tid) not in comms:
                 comms[key.vm, tid] = value[2].split(b"\0", 1)[0].decode(errors="replace")
         self.entries = len(counts)
         return counts
@@ -64,7 +65,7 @@ class MmioMaps:
             c = self._counts[k]
             key = self.key(k.dirgpa, k.vm, k.tid)
             counts[key] = counts.get(key, Counts()) + Counts(c.events, c.bytes)
-            if hasattr(c, "comm") and (key.vm, k.tid) not in comms:
+            if self._threads and (key.vm, k.tid) not in comms:
                 comms[key.vm, k.tid] = c.comm.decode(errors="replace")
             del self._counts[k]
         if self._times is not None:

@@ -13,8 +13,9 @@ moved a BAR (it wrote PCI configuration data, ports 0xcfc-0xcff), when
 unassigned (a BAR placed by the firmware since: each such address asks
 once), and every REFRESH seconds (configuration through MMIO is not seen
 here), never more often than every MIN_GAP seconds. With --mmio the VM's
-memory map is parsed from the same answer as its I/O map: one query. A VM is a process (a Proc), so a map is
-never taken for that of a new process with a recycled pid.
+memory map is parsed from the same answer as its I/O map: one query. A VM
+is a process (a Proc), so a map is never taken for that of a new process
+with a recycled pid.
 
 Whatever a monitor answers is its VM's trouble only: a failed read is one
 line on stderr (the first of a run of failures), its ports keep the fallback
