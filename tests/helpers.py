@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -102,16 +103,21 @@ def run_guest(*ops, thread_name=None, irqchip=False):
 
 
 class HeldGuest:
-    """A guest process that waits to start (its pid known) and stays alive after."""
+    """A guest process that waits to start (its pid known) and stays alive after.
 
-    def __init__(self, *ops, name=None, thread_name=None, args=()):
-        cmd = [*GUEST, "--wait", "--hold", *args, *ops]
+    program: what python runs (a script taking tests/tools/guest.py's
+    arguments); user: (uid, gid) to run it as, no other groups."""
+
+    def __init__(self, *ops, name=None, thread_name=None, args=(), program=GUEST[1:],
+                 user=None):
+        cmd = [PY, *program, "--wait", "--hold", *args, *ops]
         if name:
             cmd += ["-name", f"guest={name},debug-threads=on"]
         if thread_name:
             cmd += ["--thread-name", thread_name]
+        ids = dict(user=user[0], group=user[1], extra_groups=[]) if user else {}
         self.proc = subprocess.Popen(cmd, env=ENV, text=True, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE)
+                                     stdout=subprocess.PIPE, **ids)
         assert self.proc.stdout.readline() == "ready\n"
         self.pid = self.proc.pid
 
@@ -128,11 +134,51 @@ class HeldGuest:
         assert self.proc.wait(timeout=60) == 0
 
 
-class Traced:
-    """A piobpf process, started and attached (its 'Tracing...' or 'Serving...' line seen)."""
+class ScriptedGuest(HeldGuest):
+    """A HeldGuest whose process serves its own monitor at `path`
+    (tests/tools/scripted_vmm.py), saying `script` (a list of str, latin-1 bytes);
+    set_script() changes what the next connection hears. serve_only: a
+    process that serves the socket and is no VMM (no ops)."""
 
-    def __init__(self, *args):
-        self.proc = subprocess.Popen(piobpf_cmd(*args), env=ENV, text=True,
+    def __init__(self, ops, path, script, protocol="qmp", args=(), serve_only=False, **kw):
+        self.script_file, self.log = f"{path}.script", f"{path}.log"
+        self.set_script(script)
+        flag = "-qmp" if protocol == "qmp" else "-monitor"
+        program = (str(REPO / "tests" / "tools" / "scripted_vmm.py"), self.script_file, self.log,
+                   *(["--serve-only"] if serve_only else []))
+        super().__init__(*ops, program=program,
+                         args=(flag, f"unix:{path},server=on", *args), **kw)
+
+    def set_script(self, script):
+        with open(self.script_file, "w") as f:
+            json.dump(script, f)
+
+    def connections(self, by):
+        """[bytes received] of each connection by process `by` so far (None:
+        under way). Connections are served one at a time, so a "got" line
+        is of the "connect" line before it."""
+        try:
+            with open(self.log) as f:
+                lines = f.read().split()
+        except FileNotFoundError:
+            return []
+        found, peer = [], None
+        for word, value in zip(lines[::2], lines[1::2]):
+            if word == "connect":
+                peer = int(value)
+                if peer == by:
+                    found.append(None)
+            elif peer == by:
+                found[-1] = int(value)
+        return found
+
+
+class Traced:
+    """A piobpf process, started and attached (its 'Tracing...' or 'Serving...' line
+    seen); `wrap`: a command that runs it (setpriv ...)."""
+
+    def __init__(self, *args, wrap=()):
+        self.proc = subprocess.Popen([*wrap, *piobpf_cmd(*args)], env=ENV, text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         line = self.proc.stderr.readline()
         assert line.startswith(("Tracing", "Serving")), line + self.proc.stderr.read()
@@ -161,6 +207,22 @@ def around_each(guest, *runs, sig=signal.SIGINT):
     results = [t.stop(sig) for t in tracers]
     guest.end()
     return results
+
+
+def around_all(members, *args, settle=0):
+    """piobpf ARGS -p (every member's pid) around the whole runs of guests
+    and QEMU VMs (anything with pid, start, wait_done), then `settle`
+    seconds for names to be read again: (rc, stdout, stderr, piobpf's pid)."""
+    t = Traced(*args, "-p", ",".join(str(m.pid) for m in members))
+    try:
+        for m in members:
+            m.start()
+        for m in members:
+            m.wait_done()
+        time.sleep(settle)
+    finally:
+        result = t.stop()
+    return (*result, t.proc.pid)
 
 
 def trace_json(ops, *args, **guest_kw):

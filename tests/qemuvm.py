@@ -300,12 +300,20 @@ def _hmp(sock, commands, banner):
     return outputs
 
 
+def user_ids(user):
+    """(uid, gid) of a user given by name (its primary group) or as (uid, gid)."""
+    if isinstance(user, str):
+        pw = pwd.getpwnam(user)
+        return pw.pw_uid, pw.pw_gid
+    return tuple(user)
+
+
 def as_user(user):
-    """The command prefix that runs a program as `user` (its uid and primary
-    group), able to open /dev/kvm (root's, mode 600) through an ambient
-    CAP_DAC_OVERRIDE: no test changes the device's permissions."""
-    pw = pwd.getpwnam(user)
-    return ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups",
+    """The command prefix that runs a program as `user` (no other groups),
+    able to open /dev/kvm (root's, mode 600) through an ambient
+    CAP_DAC_OVERRIDE: no test needs the device's permissions changed."""
+    uid, gid = user_ids(user)
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
             "--inh-caps=+dac_override", "--ambient-caps=+dac_override"]
 
 
@@ -316,7 +324,8 @@ class QemuVM:
     socket, `chardev-*` the same through -chardev socket and -mon, `none` no
     socket at all (the harness talks to a -monitor on stdio). `extra`: more
     QEMU arguments, paths relative to the VM's folder `dir`; `parent`: where
-    that folder is made (the temp dir by default); `user`: who QEMU runs as.
+    that folder is made (the temp dir by default); `user`: who QEMU runs as
+    (a name, or (uid, gid)).
     """
 
     def __init__(self, name, monitor="qmp", devices=(virtio_net(0xC000, 1000),), ops=(),
@@ -353,7 +362,7 @@ class QemuVM:
                     f.write(data)
             if user:
                 for path in (self.dir, *(os.path.join(self.dir, f) for f in files)):
-                    shutil.chown(path, user, pwd.getpwnam(user).pw_gid)
+                    os.chown(path, *user_ids(user))
             theirs = None
             if monitor == "none":
                 self._stdio, theirs = socket.socketpair()

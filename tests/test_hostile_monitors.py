@@ -1,18 +1,16 @@
 """Monitors that answer nonsense, beside a real QEMU: each is its own VM's
-trouble. Real KVM guests carry the hostile monitors' sockets on their command
-lines, as a QEMU does; the monitors are unix servers in this process."""
+trouble. Each hostile monitor is served by its VMM's own process (a real KVM
+guest, tests/scripted_vmm.py), as a hostile QEMU would: piobpf speaks only
+to a VM's own monitor, so that is where nonsense can come from."""
 
 import json
 import os
 import re
-import socket
-import struct
 import tempfile
-import threading
 import time
 from types import SimpleNamespace
 
-from helpers import HeldGuest, Traced, needs_tracing
+from helpers import ScriptedGuest, around_all, needs_tracing
 from piobpf.core.keys import Gpa, Key
 from piobpf.core.snapshot import Counts
 from piobpf.naming import devices
@@ -21,18 +19,18 @@ from qemuvm import QemuVM, firmware_events, virtio_net
 
 pytestmark = needs_tracing
 
-G = b'{"QMP": {"version": {}, "capabilities": []}}\n'
-OK = b'{"return": {}}\n'
+G = '{"QMP": {"version": {}, "capabilities": []}}\n'
+OK = '{"return": {}}\n'
 # (protocol, what the monitor says: the first at once, each next one after a
 # request line). Every QMP one but the last killed a naming worker before.
 HOSTILE = {
-    "number-greeting": ("qmp", [b"5\n"]),
-    "error-string": ("qmp", [G, b'{"error": "boom"}\n']),
-    "number-return": ("qmp", [G, OK, b'{"return": 5}\n']),
-    "string-greeting": ("qmp", [b'"QMP"\n', OK, b'{"return": ["io"]}\n']),
-    "deep-nesting": ("qmp", [b"[" * 100000 + b"]" * 100000 + b"\n"]),
-    "list-reply": ("qmp", [G, b"[1, 2]\n"]),
-    "hmp-garbage": ("hmp", [b"\x00\xff\x1b[2J junk (qemu) ", b"\xde\xad no map\r\n(qemu) "]),
+    "number-greeting": ("qmp", ["5\n"]),
+    "error-string": ("qmp", [G, '{"error": "boom"}\n']),
+    "number-return": ("qmp", [G, OK, '{"return": 5}\n']),
+    "string-greeting": ("qmp", ['"QMP"\n', OK, '{"return": ["io"]}\n']),
+    "deep-nesting": ("qmp", ["[" * 100000 + "]" * 100000 + "\n"]),
+    "list-reply": ("qmp", [G, "[1, 2]\n"]),
+    "hmp-garbage": ("hmp", ["\x00\xff\x1b[2J junk (qemu) ", "\xde\xad no map\r\n(qemu) "]),
     "silent": ("qmp", []),     # accepts, never speaks: the per-VM deadline
 }
 WRITES = 50         # each hostile guest's PCI configuration writes,
@@ -48,96 +46,24 @@ def backed_off(seconds):
     return asks
 
 
-class Monitor:
-    """A unix socket server that says its lines to every client, each in a
-    thread of its own, keeping each client's pid: other tracers on the host
-    (piobpf of other users) may ask it too, and must neither hold up nor add
-    to the test's own."""
-
-    def __init__(self, path, script):
-        self.script, self.clients = script, []
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.bind(path)
-        self.sock.listen(8)
-        self.sock.settimeout(0.2)
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self):
-        while not self.done.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            self.clients.append(struct.unpack("3i", creds)[0])
-            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
-
-    def _talk(self, conn):
-        with conn:
-            conn.settimeout(5)
-            try:
-                for i, line in enumerate(self.script):
-                    if i:
-                        self._line(conn)
-                    conn.sendall(line)
-                while conn.recv(4096):      # until the client hangs up
-                    pass
-            except OSError:
-                pass
-
-    def asked_by(self, pid):
-        """How often process `pid` connected."""
-        return self.clients.count(pid)
-
-    @staticmethod
-    def _line(conn):
-        buf = b""
-        while b"\n" not in buf:
-            chunk = conn.recv(4096)
-            if not chunk:
-                raise ConnectionError("client left")
-            buf += chunk
-
-    def close(self):
-        self.done.set()
-        self.thread.join(timeout=10)
-        self.sock.close()
-
-
 def test_hostile_monitors_beside_a_real_qemu_still_named():
     folder = tempfile.mkdtemp(prefix="hostile-")
-    monitors, guests = {}, {}
+    guests = {}
     devices = (virtio_net(0xC040, 2000),)
     try:
         for name, (protocol, script) in HOSTILE.items():
-            path = os.path.join(folder, f"{name}.sock")
-            monitors[name] = Monitor(path, script)
-            flag = "-qmp" if protocol == "qmp" else "-monitor"
-            guests[name] = HeldGuest(f"w:0xcfc:1:{WRITES}", name=name,
-                                     args=(flag, f"unix:{path},server=on",
-                                           "--delay", f"0xcfc:{DELAY_US}"))
+            guests[name] = ScriptedGuest([f"w:0xcfc:1:{WRITES}"],
+                                         os.path.join(folder, f"{name}.sock"), script,
+                                         protocol, ("--delay", f"0xcfc:{DELAY_US}"), name=name)
         with QemuVM("good", "qmp", devices) as vm:
-            pids = [g.pid for g in guests.values()] + [vm.pid]
             began = time.monotonic()
-            t = Traced("--format", "json", "--by", "vm", "-p", ",".join(map(str, pids)))
-            try:
-                for g in guests.values():
-                    g.start()
-                vm.start()
-                vm.wait_done()
-                for g in guests.values():
-                    g.wait_done()
-                time.sleep(3)   # the good VM's re-read after its BARs moved
-            finally:
-                rc, out, err = t.stop()
-                lasted = time.monotonic() - began
+            # the good VM's map is read again after its BARs moved
+            rc, out, err, tracer = around_all([*guests.values(), vm], "--format", "json",
+                                              "--by", "vm", settle=3)
+            lasted = time.monotonic() - began
     finally:
         for g in guests.values():
             g.end()
-        for m in monitors.values():
-            m.close()
     assert rc == 0, err
     assert "Traceback" not in err and "Exception" not in err, err
     rows = json.loads(out)["rows"]
@@ -160,14 +86,14 @@ def test_hostile_monitors_beside_a_real_qemu_still_named():
         assert len(said) == 1, (name, err)
         # Backed off, not asked at every one of the 10 s of configuration
         # writes (about 10 times).
-        asked = monitors[name].asked_by(t.proc.pid)
+        asked = len(g.connections(by=tracer))
         assert 1 <= asked <= backed_off(lasted), (name, asked, lasted)
     assert not [ln for ln in lines if f"pid {vm.pid}:" in ln], err
 
 
 def qmp_map(text):
     """A QMP monitor's words that answer `text` to the query."""
-    return [G, OK, json.dumps({"return": text}).encode() + b"\n"]
+    return [G, OK, json.dumps({"return": text}) + "\n"]
 
 
 def io_map(*ranges):
@@ -197,8 +123,7 @@ def wait(vm, timeout=10):
 
 def test_an_unchanged_answer_is_not_parsed_again_and_a_huge_one_refused(tmp_path, capsys):
     path = str(tmp_path / "m.sock")
-    server = Monitor(path, qmp_map(io_map((0x510, "fwcfg"))))
-    guest = HeldGuest("r:0x510", args=("-qmp", f"unix:{path},server=on"))
+    guest = ScriptedGuest(["r:0x510"], path, qmp_map(io_map((0x510, "fwcfg"))))
     clock = [1000.0]
     try:
         # A deadline for a 3.5 MB answer on a busy host; the clock only ours.
@@ -208,22 +133,21 @@ def test_an_unchanged_answer_is_not_parsed_again_and_a_huge_one_refused(tmp_path
         first = vm.map
         assert first.lookup(0x510) == "fwcfg"
         read_map(maps, vm, clock)
-        assert server.asked_by(os.getpid()) == 2 and vm.map is first     # asked, not parsed
-        server.script = qmp_map(io_map((0x510, "fwcfg"), (0x92, "port92")))
+        assert len(guest.connections(by=os.getpid())) == 2 and vm.map is first      # asked, not parsed
+        guest.set_script(qmp_map(io_map((0x510, "fwcfg"), (0x92, "port92"))))
         read_map(maps, vm, clock)
         assert vm.map is not first and vm.map.lookup(0x92) == "port92"
         # One range over the bound: refused, the last map kept, one line.
         kept = vm.map
-        server.script = qmp_map(io_map(*((p, "d") for p in range(mtree.MAX_RANGES + 1))))
+        guest.set_script(qmp_map(io_map(*((p, "d") for p in range(mtree.MAX_RANGES + 1)))))
         read_map(maps, vm, clock)
-        assert server.asked_by(os.getpid()) == 4 and vm.map is kept
+        assert len(guest.connections(by=os.getpid())) == 4 and vm.map is kept
         maps.scan()     # prints what the workers found
         err = capsys.readouterr().err
         assert err == (f"piobpf: pid {guest.pid}: no device map from its monitor (qmp {path}): "
                        f"more than 65536 ranges in the I/O map; its ports keep their last names\n")
     finally:
         guest.end()
-        server.close()
 
 
 def memory_map(*ranges):
@@ -242,8 +166,8 @@ def test_an_unassigned_gpa_asks_once_for_the_memory_map_again(tmp_path):
     # watch cannot see): the first access to its unassigned address asks
     # again, once per address, no sooner than MIN_GAP after the last read.
     path = str(tmp_path / "m.sock")
-    server = Monitor(path, qmp_map(memory_map(HPET)))
-    guest = HeldGuest("r:0x510", args=("-qmp", f"unix:{path},server=on"))
+    guest = ScriptedGuest(["r:0x510"], path, qmp_map(memory_map(HPET)))
+    asked = lambda: len(guest.connections(by=os.getpid()))
     clock = [1000.0]
     try:
         maps = devices.VmmMaps([guest.pid], timeout=5, clock=lambda: clock[0], memory=True)
@@ -254,15 +178,15 @@ def test_an_unassigned_gpa_asks_once_for_the_memory_map_again(tmp_path):
         assert names(nic, vm.proc) == ("unassigned", devices.VMM)
         assert names(Gpa(0xFED000F0), vm.proc) == ("hpet", devices.VMM)
         assert names(0x510, vm.proc) == ("fwcfg", devices.VMM)     # one answer, both maps
-        server.script = qmp_map(memory_map(HPET, E1000))
+        guest.set_script(qmp_map(memory_map(HPET, E1000)))
         reached = lambda *gpas: SimpleNamespace(counts={Key("read", Gpa(g), vm.proc): Counts(1, 4)
                                                         for g in gpas})
         maps.refresh(reached(nic))                  # within MIN_GAP of the first read: later
-        assert server.asked_by(os.getpid()) == 1 and vm.due
+        assert asked() == 1 and vm.due
         clock[0] += devices.MIN_GAP
         maps.refresh(reached(0xFED000F0))           # a named address asks nothing, the due one goes
         wait(vm)
-        assert server.asked_by(os.getpid()) == 2
+        assert asked() == 2
         assert names(nic, vm.proc) == ("e1000-mmio nic1", devices.VMM)
         assert names(nic, None) == ("e1000-mmio nic1", devices.VMM)   # by port, the VMs agree
         clock[0] += devices.MIN_GAP
@@ -272,8 +196,7 @@ def test_an_unassigned_gpa_asks_once_for_the_memory_map_again(tmp_path):
         clock[0] += devices.MIN_GAP
         maps.refresh(reached(gap, nic))             # ... and no more
         wait(vm)
-        assert server.asked_by(os.getpid()) == 3
+        assert asked() == 3
         assert names(gap, vm.proc) == ("unassigned", devices.VMM)
     finally:
         guest.end()
-        server.close()

@@ -26,7 +26,7 @@ from xml.etree import ElementTree
 
 import pytest
 
-from helpers import Traced, free_port, needs_tracing
+from helpers import HeldGuest, Traced, free_port, needs_tracing
 from piobpf.naming import monitor
 from piobpf.naming import mtree
 from piobpf.naming import qemucmd
@@ -237,7 +237,7 @@ def booted(domains):
 
 
 def test_find_monitor_on_a_libvirt_command_line(booted):
-    assert qemucmd.find_monitor(booted.argv) == Monitor("libvirt", booted.uuid)
+    assert qemucmd.find_monitor(booted.argv) == Monitor("libvirt", booted.name)
     assert qemucmd.qemu_name(booted.argv) == booted.name
 
 
@@ -312,3 +312,40 @@ def test_the_service_names_a_libvirt_vms_ports_through_virsh(domains, tmp_path):
     finally:
         rc, err = service.stop()
     assert rc == 0 and "no device map" not in err, err
+
+
+def test_a_vmm_naming_a_domain_libvirt_runs_elsewhere_is_not_asked(booted, domains, tmp_path):
+    # Any KVM process may say it is a libvirt QEMU of any domain: libvirt's
+    # pid file of that domain names another process, so nothing is asked.
+    # piobpf runs virsh through a wrapper that logs its arguments (other
+    # tracers on the host may ask the domain: libvirt's taint would not tell);
+    # the real `booted` domain, traced too, shows the log works.
+    calls = tmp_path / "virsh.log"
+    (tmp_path / "virsh").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n'
+                                    f'exec {shutil.which("virsh")} "$@"\n')
+    (tmp_path / "virsh").chmod(0o755)
+    dom = domains("victim", paused=True)
+    guest = HeldGuest("r:0x92:1:77", name=dom.name, args=(
+        "-chardev", "socket,id=charmonitor,fd=3,server=on,wait=off",
+        "-mon", "chardev=charmonitor,id=monitor,mode=control"))
+    try:
+        t = Traced("--format", "json", "--by", "vm", "-p", f"{guest.pid},{booted.pid}",
+                   wrap=["env", f"PATH={tmp_path}:{os.environ['PATH']}"])
+        guest.start()
+        guest.wait_done()
+        deadline = time.monotonic() + 30
+        while booted.uuid not in (calls.read_text() if calls.exists() else ""):
+            assert time.monotonic() < deadline, "piobpf did not ask the booted domain"
+            time.sleep(0.1)
+        rc, out, err = t.stop()
+    finally:
+        guest.end()
+    assert rc == 0, err
+    assert err == (f"piobpf: vm {dom.name} (pid {guest.pid}): libvirt domain {dom.name}: "
+                   f"its pid file {monitor.LIBVIRT_RUN}/{dom.name}.pid names pid {dom.pid}, "
+                   f"not the VMM: not asked\n")
+    rows = [r for r in json.loads(out)["rows"] if r["pid"] == guest.pid]
+    assert [(r["port"], r["events"], r["device_source"]) for r in rows] \
+        == [(0x92, 77, "host-ioports")]
+    asked = calls.read_text().splitlines()
+    assert asked and all(booted.uuid in line for line in asked), asked

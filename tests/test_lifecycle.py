@@ -23,7 +23,8 @@ from helpers import ENV, GUEST, PY, HeldGuest, Traced, needs_tracing
 from piobpf.naming import devices
 from piobpf.core.keys import Proc
 from test_names import fake_proc
-from test_prometheus import Exporter, get, prometheus, running, wait_for  # noqa: F401 (fixtures)
+from test_prometheus import (Exporter, get, prometheus, running, targets,  # noqa: F401
+                             wait_for)
 
 # Room for others' VMs on the host (conftest's neighbour has a few dozen keys,
 # another suite's churn as many again) beside this test's, but not for the
@@ -365,7 +366,8 @@ def test_exporter_serves_every_short_lived_vm(running, prometheus):
     page = metrics(exporter.url)
     after = time.time()
     wait_for("a scrape after the last guest", lambda: [
-        r for r in query(url, "timestamp(piobpf_map_entries)") if float(r["value"][1]) > after])
+        r for r in query(url, "timestamp(piobpf_map_entries)") if float(r["value"][1]) > after],
+        lambda: targets(url))
     expected = {(pid, name): want for pid, name, want in lives}
     # Of these VMs only: another suite on the host may run VMs of these names.
     stored = {(r["metric"]["pid"], r["metric"]["vm"], r["metric"]["direction"],

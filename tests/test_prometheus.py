@@ -4,20 +4,23 @@ Each exporter counts only its test's guests (-p), so port I/O of anything
 else on the host cannot change the numbers, nor make the scrapes big.
 """
 
+import base64
 import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 import urllib.parse
 import urllib.request
 
+import bcrypt
 import pytest
 
-from helpers import (ENV, HeldGuest, assert_one_line, free_port, needs_tracing, piobpf_cmd,
-                     run_piobpf)
+from helpers import (ENV, HeldGuest, assert_one_line, free_port, make_certs, needs_tracing,
+                     piobpf_cmd, run_piobpf)
 from piobpf.naming import ioports
 from qemuvm import QemuVM, virtio_net
 
@@ -36,13 +39,15 @@ scrape_configs:
 """
 
 
-def get(url):
-    with urllib.request.urlopen(url, timeout=10) as r:
+def get(url, context=None, headers=()):
+    request = urllib.request.Request(url, headers=dict(headers))
+    with urllib.request.urlopen(request, timeout=10, context=context) as r:
         return r.read().decode()
 
 
-def wait_for(what, probe):
-    """probe() until it returns something true; errors count as not yet."""
+def wait_for(what, probe, why=None):
+    """probe() until it returns something true; errors count as not yet.
+    `why()`: what to say besides when it never does (a server's own view)."""
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
         try:
@@ -52,7 +57,8 @@ def wait_for(what, probe):
         except OSError:
             pass
         time.sleep(0.2)
-    raise AssertionError(f"no {what} within {TIMEOUT} s")
+    raise AssertionError(f"no {what} within {TIMEOUT} s" + (f": {why()}" if why else ""))
+
 
 
 @pytest.fixture
@@ -67,12 +73,13 @@ def running():
 
 
 class Exporter:
-    """piobpf --prometheus HOST:FREEPORT ARGS, serving once it says so."""
+    """piobpf --prometheus HOST:FREEPORT ARGS, serving once it says so; `fetch`
+    reads a URL of it (TLS and credentials, where the exporter wants them)."""
 
-    def __init__(self, running, *args, host="127.0.0.1"):
+    def __init__(self, running, *args, host="127.0.0.1", scheme="http", fetch=get):
         self.port = free_port(host)
         self.target = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
-        self.url = f"http://{self.target}/metrics"
+        self.url = f"{scheme}://{self.target}/metrics"
         self.proc = subprocess.Popen(piobpf_cmd("--prometheus", self.target, *args), env=ENV,
                                      text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         running.append(self.proc)
@@ -80,7 +87,7 @@ class Exporter:
         assert line.startswith("Serving kvm:kvm_pio") and self.url in line, \
             line + self.proc.stderr.read()
         try:
-            self.metrics = get(self.url)
+            self.metrics = fetch(self.url)
         except OSError as e:
             raise AssertionError(f"{e}: {self.stop()}") from None
 
@@ -100,10 +107,11 @@ def prometheus():
     workdir = tempfile.TemporaryDirectory()
     procs = []
 
-    def start(*targets, rules=()):
+    def start(*targets, rules=(), config_text=None):
+        """config_text: the whole configuration, else CONFIG's one job of `targets`."""
         config = f"{workdir.name}/prometheus.yml"
         with open(config, "w") as f:
-            f.write(CONFIG.format(targets=json.dumps(targets), rules=json.dumps(
+            f.write(config_text or CONFIG.format(targets=json.dumps(targets), rules=json.dumps(
                 [str(r) for r in rules])))
         port = free_port()
         with open(f"{workdir.name}/prometheus.log", "w") as log:
@@ -145,6 +153,22 @@ def device(port):
     return ioports.load().lookup(port) or ""
 
 
+def exact_series(got):
+    """The series of the guest of test_prometheus_stores_exact_counts, as
+    scraped_after gives them, against what it did."""
+    series = {(m["__name__"], m.get("direction"), m.get("port"), m.get("device")): v
+              for m, v in got}
+    assert series == {
+        ("piobpf_pio_events_total", "read", "0x3fd", device(0x3fd)): 1234,
+        ("piobpf_pio_bytes_total", "read", "0x3fd", device(0x3fd)): 1234,
+        ("piobpf_pio_events_total", "write", "0x3f8", device(0x3f8)): 56,
+        ("piobpf_pio_bytes_total", "write", "0x3f8", device(0x3f8)): 112,
+        ("piobpf_dropped_events_total", None, None, None): 0,
+        ("piobpf_map_entries", None, None, None): 2,
+        ("piobpf_map_max_entries", None, None, None): 131072,
+    }
+
+
 @needs_tracing
 def test_prometheus_stores_exact_counts(running, prometheus):
     guest = HeldGuest("r:0x3fd:1:1234", "w:0x3f8:2:56")
@@ -157,17 +181,80 @@ def test_prometheus_stores_exact_counts(running, prometheus):
     guest.end()
     rc, out, err = exporter.stop()
     assert (rc, out, err) == (0, "", "")
-    series = {(m["__name__"], m.get("direction"), m.get("port"), m.get("device")): v
-              for m, v in got}
-    assert series == {
-        ("piobpf_pio_events_total", "read", "0x3fd", device(0x3fd)): 1234,
-        ("piobpf_pio_bytes_total", "read", "0x3fd", device(0x3fd)): 1234,
-        ("piobpf_pio_events_total", "write", "0x3f8", device(0x3f8)): 56,
-        ("piobpf_pio_bytes_total", "write", "0x3f8", device(0x3f8)): 112,
-        ("piobpf_dropped_events_total", None, None, None): 0,
-        ("piobpf_map_entries", None, None, None): 2,
-        ("piobpf_map_max_entries", None, None, None): 131072,
-    }
+    exact_series(got)
+
+
+SECURE_JOB = """\
+  - job_name: {job}
+    scheme: https
+    tls_config:
+      ca_file: {ca}
+{client}{auth}    static_configs:
+      - targets: ["{target}"]
+"""
+
+
+def secure_job(job, target, certs, client=None, password=None):
+    """A scrape job over TLS (CA-verified), with a client certificate `client`
+    ("client" or "stranger") and basic auth as `scraper` with `password`."""
+    cert = (f"      cert_file: {certs[client + '.crt']}\n"
+            f"      key_file: {certs[client + '.key']}\n") if client else ""
+    auth = (f"    basic_auth:\n      username: scraper\n      password: {password}\n"
+            if password else "")
+    return SECURE_JOB.format(job=job, target=target, ca=certs["ca.crt"], client=cert, auth=auth)
+
+
+def targets(prometheus_url):
+    """{job: (health, lastError)} of the server's active targets."""
+    active = json.loads(get(f"{prometheus_url}/api/v1/targets"))["data"]["activeTargets"]
+    return {t["labels"]["job"]: (t["health"], t["lastError"]) for t in active}
+
+
+@needs_tracing
+@pytest.mark.parametrize("mode", ["tls-basic-auth", "mtls"])
+def test_prometheus_scrapes_over_tls_with_the_web_config(running, prometheus, tmp_path, mode):
+    # A real Prometheus scrapes the exporter as configured to; a job of it
+    # with the wrong password, or no client certificate, gets nothing.
+    certs = make_certs(tmp_path)
+    web = tmp_path / "web.yml"
+    context = ssl.create_default_context(cafile=certs["ca.crt"])
+    headers = {}
+    if mode == "mtls":
+        web.write_text(f"tls_server_config:\n  cert_file: {certs['server.crt']}\n"
+                       f"  key_file: {certs['server.key']}\n"
+                       f"  client_auth_type: RequireAndVerifyClientCert\n"
+                       f"  client_ca_file: {certs['ca.crt']}\n")
+        context.load_cert_chain(certs["client.crt"], certs["client.key"])
+    else:
+        hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(10)).decode()
+        web.write_text(f"tls_server_config:\n  cert_file: {certs['server.crt']}\n"
+                       f"  key_file: {certs['server.key']}\n"
+                       f"basic_auth_users:\n  scraper: '{hashed}'\n")
+        headers["Authorization"] = "Basic " + base64.b64encode(b"scraper:s3cret").decode()
+    guest = HeldGuest("r:0x3fd:1:1234", "w:0x3f8:2:56")
+    running.append(guest.proc)
+    exporter = Exporter(running, "--web.config.file", str(web), "-p", str(guest.pid),
+                        scheme="https", fetch=lambda url: get(url, context, headers))
+    jobs = ([("piobpf", "client", None), ("nocert", None, None)] if mode == "mtls" else
+            [("piobpf", None, "s3cret"), ("wrong", None, "nope")])
+    config = CONFIG.split("  - job_name")[0].format(rules="[]") + "".join(
+        secure_job(job, exporter.target, certs, client, password)
+        for job, client, password in jobs)
+    url = prometheus(config_text=config)
+    guest.start()
+    guest.wait_done()
+    got = scraped_after(url, time.time())
+    guest.end()
+    health = wait_for("both targets scraped", lambda: all(
+        h != "unknown" for h, _ in targets(url).values()) and targets(url))
+    rc, out, err = exporter.stop()
+    assert (rc, out, err) == (0, "", "")
+    exact_series(got)
+    assert health["piobpf"] == ("up", "")
+    refused = health["nocert" if mode == "mtls" else "wrong"]
+    assert refused[0] == "down", health
+    assert ("tls: certificate required" if mode == "mtls" else "HTTP status 401") \
+        in refused[1], health
 
 
 @needs_tracing

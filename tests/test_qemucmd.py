@@ -8,13 +8,6 @@ from piobpf.naming.qemucmd import Monitor
 Q = ["qemu-system-x86_64", "-m", "64"]
 
 
-def test_qemu_uuid():
-    assert qemucmd.qemu_uuid(["qemu", "-uuid", "4b98d0aa-376f-48a3-8e69-7c7f90789604",
-                              "-name", "x"]) == "4b98d0aa-376f-48a3-8e69-7c7f90789604"
-    assert qemucmd.qemu_uuid(["qemu", "-name", "x"]) is None
-    assert qemucmd.qemu_uuid(["qemu", "-uuid"]) is None
-
-
 def test_qemu_name():
     assert qemucmd.qemu_name(["qemu", "-name", "guest=web1,debug-threads=on"]) == "web1"
     assert qemucmd.qemu_name(["qemu", "-name", "db2"]) == "db2"
@@ -43,16 +36,15 @@ def test_qemu_name():
       "-mon", "chardev=qmp,mode=control"], Monitor("qmp", "/var/run/qemu-server/100.qmp")),
     # QMP wins over HMP, whichever comes first.
     (["-monitor", "unix:/h,server=on", "-qmp", "unix:/q,server=on"], Monitor("qmp", "/q")),
-    # libvirt passes its own listening socket as an fd: ask libvirt, by domain name.
+    # libvirt passes its own listening socket as an fd: ask libvirt, by domain
+    # name (its pid file is by name; virsh is given the UUID libvirt keeps).
     (["-name", "guest=web1,debug-threads=on",
       "-chardev", "socket,id=charmonitor,fd=28,server=on,wait=off",
       "-mon", "chardev=charmonitor,id=monitor,mode=control"], Monitor("libvirt", "web1")),
-    # ... by UUID where there is one (always, from libvirt): virsh reads "7"
-    # as the ID of whichever domain has it, before the domain named "7".
+    # ... the command line's UUID is not taken: libvirt's own is.
     (["-name", "guest=7,debug-threads=on", "-uuid", "4b98d0aa-376f-48a3-8e69-7c7f90789604",
       "-chardev", "socket,id=charmonitor,fd=24,server=on,wait=off",
-      "-mon", "chardev=charmonitor,id=monitor,mode=control"],
-     Monitor("libvirt", "4b98d0aa-376f-48a3-8e69-7c7f90789604")),
+      "-mon", "chardev=charmonitor,id=monitor,mode=control"], Monitor("libvirt", "7")),
     # Nothing to dial: QEMU is the client, or not a unix socket, or no -mon.
     (["-qmp", "unix:/run/q.sock"], None),
     (["-qmp", "tcp:127.0.0.1:4444,server=on"], None),

@@ -4,11 +4,10 @@ real tracepoint. The host's /proc/ioports knows none of these BARs."""
 import json
 import os
 import socket
-import time
 
 import pytest
 
-from helpers import Traced, by_key, needs_tracing
+from helpers import around_all, by_key, needs_tracing
 from piobpf.naming import ioports
 from qemuvm import QemuVM, SeabiosVM, e1000, firmware_events, virtio_net
 
@@ -21,15 +20,7 @@ SETTLE = 3.0
 
 def trace(vms, *args):
     """piobpf -p around the VMs' runs, start to marker, then the refresh."""
-    t = Traced("--format", "json", "-p", ",".join(str(vm.pid) for vm in vms), *args)
-    try:
-        for vm in vms:
-            vm.start()
-        for vm in vms:
-            vm.wait_done()
-        time.sleep(SETTLE)
-    finally:
-        rc, out, err = t.stop()
+    rc, out, err, _ = around_all(vms, "--format", "json", *args, settle=SETTLE)
     assert rc == 0, err
     return json.loads(out)
 

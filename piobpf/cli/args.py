@@ -34,6 +34,9 @@ EXAMPLES = """examples:
     piobpf --prometheus 0.0.0.0:9435 --by vm   # serve /metrics on all interfaces
     piobpf --prometheus 0.0.0.0:9435 --web.config.file web.yml   # ... over TLS, with auth
     perf script | piobpf --from-perf -    # count a perf capture, no root needed
+    setpriv --reuid=piobpf --regid=piobpf --clear-groups \\
+      --inh-caps=-all,+bpf,+perfmon,+dac_read_search \\
+      --ambient-caps=-all,+bpf,+perfmon,+dac_read_search piobpf   # no root: counts
     piobpf --compare pio_stat piobpf.json  # do perf and piobpf agree? (exit 0)
 """
 
@@ -139,7 +142,10 @@ def parse_args(argv):
     p.add_argument("-o", "--output", metavar="FILE", help="write results to FILE")
     p.add_argument("--device-map", choices=DEVICE_MAPS, default="auto",
                    help="auto (default): name each VM's ports from its QEMU monitor's "
-                        "map where it has one; host: only from --ioports or /proc/ioports")
+                        "map where it has one (only a monitor that is the VM's own: a "
+                        "socket of the VMM's uid served by the VMM, a libvirt domain "
+                        "whose pid file names it); host: only from --ioports or "
+                        "/proc/ioports")
     p.add_argument("--ioports", metavar="FILE", default=ioports.PROC_IOPORTS,
                    help="name ports without a VM map from this ioports file "
                         "(default: /proc/ioports)")

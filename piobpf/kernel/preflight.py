@@ -30,6 +30,8 @@ def find_tracefs():
     for path in TRACEFS_CANDIDATES:
         if os.path.isdir(os.path.join(path, "events")):
             return path
+        if os.path.ismount(path) and not os.access(path, os.R_OK | os.X_OK):
+            raise TraceError(f"cannot read tracefs ({path}): needs root or CAP_DAC_READ_SEARCH")
     rc = os.system("mount -t tracefs nodev /sys/kernel/tracing >/dev/null 2>&1")
     if rc == 0 and os.path.isdir("/sys/kernel/tracing/events"):
         warn("mounted tracefs on /sys/kernel/tracing (it was not mounted); it stays mounted")

@@ -17,6 +17,9 @@ memory map is parsed from the same answer as its I/O map: one query. A VM
 is a process (a Proc), so a map is never taken for that of a new process
 with a recycled pid.
 
+A monitor that is not the VM's own (monitor.NotOwn: a socket of another
+user or process, a libvirt domain whose pid file names another process) is
+sent nothing: its VM is named from the fallback, with one line on stderr.
 Whatever a monitor answers is its VM's trouble only: a failed read is one
 line on stderr (the first of a run of failures), its ports keep the fallback
 names, and it is asked again only after a backoff that doubles up to REFRESH,
@@ -37,6 +40,7 @@ from . import mtree
 from . import vms
 from . import qemucmd
 from ..core.keys import MMIO, WRITE, Key, space
+from .monitor import MonitorError
 
 VMM, IOPORTS_FILE, HOST_IOPORTS = "vmm", "ioports-file", "host-ioports"
 TIMEOUT = 1.0       # seconds one monitor query may take
@@ -52,8 +56,8 @@ VARIES = "varies: "
 class Vm:
     """One VMM process with a monitor, and what is known of its map."""
 
-    def __init__(self, proc, mon):
-        self.proc, self.monitor = proc, mon
+    def __init__(self, proc, mon, name):
+        self.proc, self.monitor, self.name = proc, mon, name   # name: for stderr lines
         self.map = None         # the last map read (kept when a later read fails)
         self.asked_at = None    # when the last read was queued
         self.writes = 0         # configuration writes counted when it was queued
@@ -87,7 +91,7 @@ class VmmMaps:
     def scan(self):
         """Look at processes new since the last scan; queue reads of VMMs' maps.
         Returns the VMMs whose process has exited since."""
-        self._report()
+        self.report()
         pids = set(self._pids or {int(d) for d in os.listdir(self._proc) if d.isdigit()})
         for pid in pids - {p.pid for p in self._known}:
             p = vms.process(pid, self._proc)
@@ -105,9 +109,11 @@ class VmmMaps:
         self._known.add(p)
         cmdline = vms.read_proc(f"{self._proc}/{p.pid}/cmdline")
         mon = cmdline and qemucmd.find_monitor(cmdline.decode(errors="replace").split("\0"))
-        if mon and vms.start_time(p.pid, self._proc) == p.start:   # read of `p`
-            self.vms[p] = vm = Vm(p, mon)
-            self._ask(vm, 0)
+        if mon:
+            name = vms.process_name(p, self._proc)     # None: not `p` by now
+            if name is not None:
+                self.vms[p] = vm = Vm(p, mon, name)
+                self._ask(vm, 0)
 
     def forget(self, procs):
         """Drop the maps of these exited VMs."""
@@ -159,7 +165,7 @@ class VmmMaps:
             try:
                 self._read(vm)
             except Exception as e:      # noqa: BLE001 -- a worker outlives any one VM
-                self._failed(vm, f"{type(e).__name__}: {e}")
+                self._failed(vm, MonitorError(f"{type(e).__name__}: {e}"))
             finally:
                 vm.busy = False
 
@@ -180,25 +186,32 @@ class VmmMaps:
                     with contextlib.suppress(ValueError):
                         vm.memory = mtree.parse(answer, mtree.MEMORY)
             if vm.refused:
-                raise ValueError(vm.refused)
-        except (monitor.MonitorError, ValueError) as e:
-            self._failed(vm, str(e))
+                raise MonitorError(vm.refused)
+        except MonitorError as e:
+            self._failed(vm, e)
             return
         vm.failures, vm.retry_at = 0, 0.0
 
-    def _failed(self, vm, why):
-        """The fallback names its ports (or the last good map); ask again later."""
+    def _failed(self, vm, error):
+        """The fallback names its ports (or the last good map); ask again later
+        (a monitor not the VM's own too: the checks are made anew each time)."""
         vm.failures += 1
         vm.retry_at = self._clock() + min(REFRESH, BACKOFF * 2 ** (vm.failures - 1))
-        if vm.failures == 1:
-            m = vm.monitor
-            then = "its ports keep their last names" if vm.map else \
-                "its ports are named from the ioports table"
-            self._reports.put(f"piobpf: pid {vm.proc.pid}: no device map from its monitor "
-                              f"({m.protocol} {monitor.plain(m.address)}): "
-                              f"{monitor.plain(why)}; {then}")
+        if vm.failures > 1:
+            return
+        if isinstance(error, monitor.NotOwn):
+            self._reports.put(f"piobpf: vm {monitor.plain(vm.name)} (pid {vm.proc.pid}): "
+                              f"{error}: not asked")
+            return
+        m = vm.monitor
+        then = "its ports keep their last names" if vm.map else \
+            "its ports are named from the ioports table"
+        self._reports.put(f"piobpf: pid {vm.proc.pid}: no device map from its monitor "
+                          f"({m.protocol} {monitor.plain(m.address)}): "
+                          f"{monitor.plain(error)}; {then}")
 
-    def _report(self):
+    def report(self):
+        """Print the lines the workers queued (stderr is the main thread's)."""
         while True:
             try:
                 line = self._reports.get_nowait()

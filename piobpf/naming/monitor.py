@@ -10,16 +10,26 @@ libvirt keeps its VMs' monitors for itself, so a libvirt VM is asked through
 `virsh qemu-monitor-command --hmp`, which libvirt logs as a "custom-monitor"
 taint of the domain. The domain is given by its UUID: virsh would take a
 numeric name for another domain's ID.
+
+A monitor is spoken to only when it is the VM's own: the command line is the
+VMM's word, and any user who may open /dev/kvm writes it. So a socket file
+must belong to the VMM's effective uid and be served by the VMM's own pid,
+and a libvirt domain's pid file must name the VMM; else nothing is sent
+(NotOwn).
 """
 
 import json
 import os
 import socket
+import stat
+import struct
 import subprocess
 import time
+from xml.etree import ElementTree
 
 QUERY = "info mtree -f -o"
 LIBVIRT_URI = "qemu:///system"
+LIBVIRT_RUN = "/run/libvirt/qemu"   # qemu:///system's state: NAME.pid and NAME.xml per domain
 _HMP_PROMPT = b"(qemu) "
 _MAX_ANSWER = 4 << 20               # an mtree is tens of KB; never grow without bound
 
@@ -28,20 +38,62 @@ class MonitorError(Exception):
     """The map could not be read: one line saying why."""
 
 
-class _Conn:
-    """A unix socket client with one deadline for the whole conversation."""
+class NotOwn(MonitorError):
+    """The monitor named on the command line is not the VM's own: not asked."""
 
-    def __init__(self, path, deadline):
+
+def _euid(pid):
+    """The effective uid of process `pid` (the owner its new files get)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[2])
+    except OSError as e:
+        raise MonitorError(f"cannot read the VMM's uid: {e.strerror or e}") from None
+    raise MonitorError("cannot read the VMM's uid")
+
+
+class _Conn:
+    """A client of the VMM's own unix socket, with one deadline for the whole
+    conversation.
+
+    The socket is opened as the VMM sees it, through /proc/PID/root or cwd
+    (a VMM in a container or another mount namespace is reached too), as an
+    O_PATH fd without following a last symlink: the inode checked is the
+    inode connected to (through /proc/self/fd, which also spares sun_path's
+    108 bytes), so it cannot be swapped in between. Its owner is checked
+    before connecting (a root-only socket of another service is never even
+    connected to); the listener's pid (SO_PEERCRED) after, before a byte."""
+
+    def __init__(self, address, pid, deadline):
         self.deadline, self.buf = deadline, b""
+        uid = _euid(pid)
+        base = "root" if address.startswith("/") else "cwd"
+        path = f"/proc/{pid}/{base}/{address.lstrip('/')}"
+        said = f"monitor socket {plain(address)}"
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        # Through a directory fd: the path may be long (sun_path holds 108 bytes).
         try:
-            folder = os.open(os.path.dirname(path), os.O_PATH)
+            folder = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY)
             try:
-                self._timeout()
-                self.sock.connect(f"/proc/self/fd/{folder}/{os.path.basename(path)}")
+                fd = os.open(os.path.basename(path), os.O_PATH | os.O_NOFOLLOW, dir_fd=folder)
             finally:
                 os.close(folder)
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISSOCK(st.st_mode):
+                    raise NotOwn(f"{said} is not a socket")
+                if st.st_uid != uid:
+                    raise NotOwn(f"{said} is not the VMM's own "
+                                 f"(owner uid {st.st_uid}, VMM uid {uid})")
+                self._timeout()
+                self.sock.connect(f"/proc/self/fd/{fd}")
+            finally:
+                os.close(fd)
+            peer = struct.unpack("3i", self.sock.getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
+            if peer != pid:
+                raise NotOwn(f"{said} is not the VMM's own (served by pid {peer})")
         except OSError as e:
             self.sock.close()
             raise MonitorError(f"cannot connect: {e.strerror or e}") from None
@@ -138,7 +190,34 @@ def _ask_hmp(conn):
     return conn.until(_HMP_PROMPT)[:-len(_HMP_PROMPT)].decode(errors="replace")
 
 
-def _ask_libvirt(domain, timeout):
+def _libvirt_uuid(name, pid):
+    """The UUID of libvirt's domain `name` (the command line's -name), when
+    libvirt's pid file of that domain names `pid`; NotOwn otherwise. The UUID
+    is libvirt's own (its status file), not the command line's."""
+    said = f"libvirt domain {plain(name)}"
+    if "/" in name or name.startswith("."):
+        raise NotOwn(f"{said}: not a name libvirt gives")
+    pidfile = f"{LIBVIRT_RUN}/{name}.pid"
+    try:
+        with open(pidfile, "rb") as f:
+            owner = int(f.read().strip() or 0)
+    except FileNotFoundError:
+        raise NotOwn(f"{said}: no pid file {plain(pidfile)}") from None
+    except (OSError, ValueError) as e:
+        raise NotOwn(f"{said}: pid file {plain(pidfile)} unreadable: {plain(e)}") from None
+    if owner != pid:
+        raise NotOwn(f"{said}: its pid file {plain(pidfile)} names pid {owner}, not the VMM")
+    try:
+        uuid = ElementTree.parse(f"{LIBVIRT_RUN}/{name}.xml").findtext("domain/uuid")
+    except (OSError, ElementTree.ParseError) as e:
+        raise MonitorError(f"{said}: no status file: {plain(e)}") from None
+    if not uuid:
+        raise MonitorError(f"{said}: no UUID in its status file")
+    return uuid.strip()
+
+
+def _ask_libvirt(name, pid, timeout):
+    domain = _libvirt_uuid(name, pid)
     try:
         out = subprocess.run(["virsh", "-q", "-c", LIBVIRT_URI, "qemu-monitor-command",
                               "--hmp", domain, QUERY], capture_output=True, text=True,
@@ -154,16 +233,11 @@ def _ask_libvirt(domain, timeout):
 
 
 def ask(monitor, pid, timeout):
-    """The answer to QUERY of the monitor of process `pid`; MonitorError when none.
-
-    Socket paths are taken as the process sees them: through /proc/PID/root
-    and /proc/PID/cwd, so a VMM in a container or another mount namespace is
-    reached too."""
+    """The answer to QUERY of the monitor of process `pid`; MonitorError when
+    none, NotOwn (nothing sent) when the monitor is not that process's own."""
     if monitor.protocol == "libvirt":
-        return _ask_libvirt(monitor.address, timeout)
-    base = "root" if monitor.address.startswith("/") else "cwd"
-    conn = _Conn(f"/proc/{pid}/{base}/{monitor.address.lstrip('/')}",
-                 time.monotonic() + timeout)
+        return _ask_libvirt(monitor.address, pid, timeout)
+    conn = _Conn(monitor.address, pid, time.monotonic() + timeout)
     try:
         return _ask_qmp(conn) if monitor.protocol == "qmp" else _ask_hmp(conn)
     except (ValueError, OSError) as e:   # not JSON, a reset connection

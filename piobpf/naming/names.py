@@ -57,6 +57,11 @@ class Names:
         """The look of each second; returns the VMMs (Procs) gone since."""
         return self.maps.scan() if self.maps else []
 
+    def report(self):
+        """Say now what the maps' readers found since the last look."""
+        if self.maps:
+            self.maps.report()
+
     def arrived(self, procs):
         """VMs new to the kernel map: named now, while they run."""
         for p in procs:

@@ -9,9 +9,8 @@ _ON = ("on", "yes", "true")
 @dataclass(frozen=True)
 class Monitor:
     protocol: str       # "qmp", "hmp" or "libvirt"
-    address: str        # the socket's path as QEMU sees it, or the libvirt domain:
-                        # its UUID where the command line has it (virsh reads a
-                        # number as a domain ID before a name), else its name
+    address: str        # the socket's path as QEMU sees it, or the libvirt
+                        # domain's name (libvirt's pid file of it must name the VMM)
 
 
 def split_opts(value):
@@ -42,14 +41,6 @@ def qemu_name(argv):
     return None
 
 
-def qemu_uuid(argv):
-    """The VM's UUID from `-uuid UUID`; libvirt always passes one."""
-    for opt, value in options(argv):
-        if opt == "uuid":
-            return value or None
-    return None
-
-
 def _unix_server(spec):
     """The path of a `unix:PATH,server[=on],...` listening socket; None otherwise."""
     if not spec.startswith("unix:"):
@@ -67,7 +58,7 @@ def find_monitor(argv):
     is the long form. A socket QEMU connects out of (no `server`) is not ours
     to dial, nor is one libvirt passes as an fd."""
     opts = options(argv)
-    domain = qemu_uuid(argv) or qemu_name(argv)
+    domain = qemu_name(argv)
     found, chardevs = [], {}
     for opt, value in opts:
         if opt in ("qmp", "qmp-pretty", "monitor"):

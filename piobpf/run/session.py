@@ -227,6 +227,8 @@ class Session:
         final(snap - last, end - last_t)
 
     def close(self):
+        # A line a naming worker queued after the last look is still said.
+        self.naming.report()
         self.counter.close()
 
     def __enter__(self):

@@ -1,7 +1,7 @@
 """A tiny real-mode KVM guest that does scripted port I/O and MMIO (tests and demo).
 
 USAGE: python3 tests/tools/guest.py [--irqchip] [--thread-name NAME] [-name NAME]
-                                [-qmp SPEC] [-monitor SPEC]
+                                [-qmp SPEC] [-monitor SPEC] [-chardev SPEC] [-mon SPEC]
                                 [--wait] [--hold] [--abrupt] [--forever]
                                 [--delay ADDR:US]
                                 OP [OP ...] [+ OP ...]
@@ -25,9 +25,10 @@ loaded as a flat 4 GiB segment ("big real mode") to reach any 32-bit GPA.
 
 A `+` starts the ops of another vCPU:
 each vCPU runs in its own thread, named by --thread-name with {i} replaced
-by the vCPU's index (QEMU's threads are `CPU {i}/KVM`). `-name`, `-qmp` and
-`-monitor` are ignored, but show in the process's command line as QEMU's do:
-piobpf then asks whatever listens there (a test's fake monitor) for the map.
+by the vCPU's index (QEMU's threads are `CPU {i}/KVM`). `-name`, `-qmp`,
+`-monitor`, `-chardev` and `-mon` are ignored, but show in the process's
+command line as QEMU's do: piobpf finds a monitor there (a test's fake one,
+or one that is not this process's own and must not be asked).
 
 Pure Python over the /dev/kvm ioctls: no compiler and no disk image. Ports
 that the kernel does not emulate exit to this process, which answers them,
@@ -333,6 +334,8 @@ def main(argv=None):
     parser.add_argument("-name", help="a VM name in the command line, like QEMU's -name")
     parser.add_argument("-qmp", help="a QMP monitor in the command line (none is served)")
     parser.add_argument("-monitor", help="an HMP monitor in the command line (none is served)")
+    parser.add_argument("-chardev", help="a chardev in the command line (none is made)")
+    parser.add_argument("-mon", help="a monitor of a chardev in the command line (none is served)")
     parser.add_argument("--wait", action="store_true",
                         help="print 'ready', start the ops after a line on stdin")
     parser.add_argument("--hold", action="store_true",
