@@ -43,12 +43,14 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import statistics
 import struct
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from tabulate import tabulate
@@ -56,9 +58,9 @@ from tabulate import tabulate
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 # The repository's, not an installed copy; the guest and perf helpers are the tests'.
-from tools import guest, perfrecord  # noqa: E402
+from tools import guest, memory, perfrecord  # noqa: E402
 from tools.mtreegen import one_port_ranges  # noqa: E402
-from piobpf.core.keys import Key  # noqa: E402
+from piobpf.core.keys import MODES, Key  # noqa: E402
 from piobpf.naming import mtree  # noqa: E402
 from piobpf.kernel.counter import CounterConfig, PioCounter  # noqa: E402
 
@@ -641,6 +643,46 @@ def full_map_read():
         counter.close()
 
 
+RESIDENT_GUESTS = 3      # guests the exporter counts before its memory is read
+RESIDENT_SCRAPES = 5
+
+
+def exporter_rss():
+    """VmRSS summed over the exporter's process tree, MB, per --by mode:
+    serving, after RESIDENT_GUESTS guests counted (its own only, -p) and
+    RESIDENT_SCRAPES scrapes."""
+    rss = {}
+    for by in MODES:
+        guests = [subprocess.Popen([*GUEST, "--wait", "--hold", "r:0x3fd:1:1000", "w:0x3f8:2:30"],
+                                   env=ENV, text=True, stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE) for _ in range(RESIDENT_GUESTS)]
+        with socket.socket() as s:      # a free port
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [PY, "-m", "piobpf", "--prometheus", f"127.0.0.1:{port}", "--by", by,
+               "-p", ",".join(str(g.pid) for g in guests)]
+        try:
+            for g in guests:
+                g.stdout.readline()     # ready
+            exporter = Tracer(f"exporter --by {by}", cmd, "stderr")
+            try:
+                for g in guests:
+                    g.stdin.write("go\n")
+                    g.stdin.flush()
+                for g in guests:
+                    g.stdout.readline()     # done
+                for _ in range(RESIDENT_SCRAPES):
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read()
+                rss[by] = memory.tree_rss_kb(exporter.proc.pid) / 1024
+            finally:
+                exporter.stop()
+        finally:
+            for g in guests:
+                g.stdin.close()
+                g.wait()
+    return rss
+
+
 def map_parse_s(sizes=(4000, mtree.MAX_RANGES)):
     """CPU seconds to parse a VM's map of n one-port ranges (median of 3):
     what a hostile monitor's largest answer costs, re-read every REFRESH."""
@@ -779,6 +821,7 @@ def run_bench(args, programs, result):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     result.update(full_map_read())
+    result["exporter_rss_mb"] = exporter_rss()
     result.update(map_parse_s())
     result["loadavg_end"] = os.getloadavg()
     write(args.output, result)
@@ -811,6 +854,11 @@ def report(r):
     print(tabulate([[t, f"{x:.4f}", f"{x - floor:+.4f}"]
                     for t, x in sorted(r["throughput_ratio"].items(), key=lambda x: -x[1])],
                    ["TRACER", "THROUGHPUT (untraced = 1)", "VS FLOOR"], disable_numparse=True))
+    print()
+    print(tabulate([[f"--prometheus --by {by}", f"{mb:.1f}"]
+                    for by, mb in r["exporter_rss_mb"].items()],
+                   ["EXPORTER", f"VmRSS MB, {RESIDENT_GUESTS} VMs and {RESIDENT_SCRAPES} scrapes"],
+                   disable_numparse=True))
     print()
     print(tabulate([[k, v] for k, v in r.items()
                     if not isinstance(v, (dict, list)) or k.startswith("loadavg")]

@@ -41,10 +41,13 @@ def test_bench_smoke_produces_its_figures(tmp_path):
     assert set(r["syscall_ns"]) == programs - {"floor (empty BPF)"} | mmio | {"untraced"}
     assert all(c["median_ns"] > 0 for c in r["syscall_ns"].values())
     assert r["full_map_keys"] == 131072
+    # The exporter's resident memory per mode (a figure: no bound asserted).
+    assert set(r["exporter_rss_mb"]) == {"port", "vm", "vcpu"}
+    assert all(mb > 0 for mb in r["exporter_rss_mb"].values())
     assert set(r["map_parse_s"]) == {"4000", "65536"} and all(
         s > 0 for s in r["map_parse_s"].values())
     for figure in ("untraced_events_per_s", "startup_s", "peak_rss_mb", "bpf_maps_bytes",
                    "bpf_maps_bytes_at_256_cpus", "piobpf_cpu_ms_per_s", "full_map_read_s",
                    "perf_data_bytes_per_event", "perf_script_s", "awk_sort_s"):
         assert r[figure] > 0, figure
-    assert "piobpf - floor" in out.stdout and "TRACER" in out.stdout
+    assert "piobpf - floor" in out.stdout and "TRACER" in out.stdout and "EXPORTER" in out.stdout

@@ -23,6 +23,7 @@ from helpers import ENV, GUEST, PY, HeldGuest, Traced, needs_tracing
 from piobpf.naming import devices
 from piobpf.core.keys import Proc
 from test_names import fake_proc
+from tools.memory import rss_kb
 from test_prometheus import (Exporter, get, prometheus, running, targets,  # noqa: F401
                              wait_for)
 
@@ -98,11 +99,6 @@ def metrics(url):
                                  if p)) if labels else ()
             found[name, tuple((k, v.strip('"')) for k, v in pairs)] = float(value)
     return found
-
-
-def rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
 @needs_tracing

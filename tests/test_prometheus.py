@@ -23,6 +23,7 @@ from helpers import (ENV, HeldGuest, assert_one_line, free_port, make_certs, nee
                      piobpf_cmd, run_piobpf)
 from piobpf.naming import ioports
 from qemuvm import QemuVM, virtio_net
+from tools import memory
 
 PROMETHEUS = "/usr/bin/prometheus"
 TIMEOUT = 60
@@ -259,7 +260,7 @@ def test_prometheus_scrapes_over_tls_with_the_web_config(running, prometheus, tm
 
 @needs_tracing
 @pytest.mark.parametrize("by", ["vm", "vcpu"])
-def test_prometheus_stores_counts_per_vm(running, prometheus, by):
+def test_prometheus_stores_counts_per_vm(running, prometheus, by, record_property):
     a = HeldGuest("r:0x3fd:1:300", "w:0x80:4:7", name="vm-a", thread_name="CPU 0/KVM")
     b = HeldGuest("r:0x3fd:1:500", name="vm-b", thread_name="CPU 0/KVM")
     running += [a.proc, b.proc]
@@ -270,9 +271,19 @@ def test_prometheus_stores_counts_per_vm(running, prometheus, by):
     for g in (a, b):
         g.wait_done()
     got = scraped_after(url, time.time())
+    scraped_after(url, time.time())     # and one scrape more
+    pid = exporter.proc.pid
+    bcc, rss = memory.maps_library(pid, "libbcc"), memory.tree_rss_kb(pid)
     for g in (a, b):
         g.end()
     assert exporter.stop()[0] == 0
+    # BCC (libbcc, its LLVM) was only ever in the child that loaded the program.
+    assert not bcc
+    print(f"exporter --by {by}: VmRSS of its process tree {rss / 1024:.1f} MB")
+    record_property("exporter_tree_rss_mb", round(rss / 1024, 1))
+    # A gross regression guard, not a size target: 172 MB with BCC in the
+    # exporter, 27 MB without (2026-12-06).
+    assert rss < 100 * 1024
     series = {(m["__name__"], m["vm"], m["pid"], m.get("vcpu"), m["direction"], m["port"]): v
               for m, v in got if "port" in m}
     vcpu = "0" if by == "vcpu" else None

@@ -4,19 +4,18 @@ The layer's public face. PioCounter loads the program for a CounterConfig,
 hands back plain Snapshots, and by VM or vCPU moves the counts of exited
 VMs out of the kernel map; `stats` and `program_fds` serve the bench and
 whoever needs the loaded programs themselves. Everything that can go wrong
-on the way in is a TraceError of one line.
+on the way in is a TraceError of one line. The program is loaded in a child
+(loader.py): this process holds its fds, never BCC.
 """
 
-import ctypes
 import os
 import struct
 from dataclasses import dataclass
 
-from ..core.errors import TraceError
 from ..core.keys import MODES, READ, WRITE, Key, Proc
 from ..core.snapshot import Counts, Snapshot, Times
-from . import preflight, program
-from .maps import MapReader
+from . import loader, program
+from .maps import MapReader, RingBuffer
 from .mmio import MmioMaps
 from .program import (ARRIVAL_FIELDS, DROPPED, INDEX, KEY_FIELDS, LATENCY_RAW_TRACEPOINTS,
                       LEAF_FIELDS, MMIO_TRACEPOINTS, PORT_KEYS, TIME_FIELDS, UNTIMED, VM_FIELDS,
@@ -56,16 +55,13 @@ class PioCounter:
     for names to take (naming.vms.Labeler)."""
 
     def __init__(self, config=CounterConfig()):
-        bcc, self.attach_mode = preflight.attach_mode(config.attach, config.mmio)
+        self._bpf = loader.load(config)
+        self.attach_mode = self._bpf.attach_mode
         self.config, self.by, self.latency = config, config.by, config.latency
         self._mode = MODES[config.by]
         # keys the map can hold
         self.capacity = config.map_size if self._mode.per_vm else PORT_KEYS
-        self._bpf = program.load(bcc, program.cflags(self.attach_mode, config.by,
-                                                     config.map_size, config.pids,
-                                                     config.latency,
-                                                     config.mmio and config.mmio_map_size))
-        self._reader = MapReader(bcc.lib)
+        self._reader = MapReader()
         # The Key parts (vm, tid) of a kernel key's VM id and thread.
         self._mmio = MmioMaps(self._bpf, self._reader, config.by, config.latency,
                               lambda vm, tid: self._key(0, vm, tid)) if config.mmio else None
@@ -84,6 +80,7 @@ class PioCounter:
         self._evicted = {}  # key -> final Counts, of exited VMs not yet forgotten
         self._evicted_times = {}    # key -> final Times, the same with --latency
         self.doorbells = []
+        self._ring = None
         # The program counts nothing for a filtered run until its pids are in.
         if config.pids:
             table = self._bpf["pids"]
@@ -102,32 +99,25 @@ class PioCounter:
         self._procs = {}        # VM id -> Proc, of the VMs in the kernel's table
         # Slot 0 on top: keys take the low slots, so reads stop early. (A
         # syscall a slot: stacks have no batch update.)
-        from bcc import lib
-        slot = ctypes.c_uint32()
-        for slot.value in range(max_entries - 1, -1, -1):
-            if lib.bpf_update_elem(self._spare.map_fd, None, ctypes.byref(slot), 0):
-                raise TraceError(f"filling the BPF map failed: {os.strerror(ctypes.get_errno())}")
-        # A per-CPU map's value is an array of the struct, one a CPU.
-        self._afmt = layout(self._bpf["arrivals"].Leaf._type_, ARRIVAL_FIELDS)
-        doorbell = self._bpf["doorbell"]
-        doorbell.open_ring_buffer(self._rang)
-        self.doorbells = [doorbell.map_fd]
+        self._spare.fill(range(max_entries - 1, -1, -1))
+        self._afmt = layout(self._bpf["arrivals"].Leaf, ARRIVAL_FIELDS)
+        self._ring = RingBuffer(self._bpf["doorbell"], self._rang)
+        self.doorbells = [self._ring.fd]
         epoch = self._bpf["epoch"]
         epoch[epoch.Key(0)] = epoch.Leaf(1)
 
-    def _rang(self, ctx, data, size):
+    def _rang(self, record):
         """A ring: a VM's arrival keeps what names it; the rest (a VM's
         exit, its tgid only) just wakes `sync`, and vms says which."""
         full = struct.calcsize(self._afmt)
-        if size > 4:
-            record = ctypes.string_at(data, min(size, full)).ljust(full, b"\0")
+        if len(record) > 4:
+            record = record[:full].ljust(full, b"\0")
             tgid, length, start, comm, args = struct.unpack(self._afmt, record)
             cmdline = args[:length]
             if length > len(cmdline):       # cut short: its last argument may be partial
                 cmdline = cmdline[:cmdline.rfind(b"\0") + 1]
             self.cmdlines[Proc(tgid, start // TICK_NS)] = (
                 cmdline if length else None, comm.split(b"\0", 1)[0])
-        return 0
 
     def _entries(self, slots):
         """(dirport, vm, tid, events, bytes, comm) for every key counted.
@@ -232,7 +222,7 @@ class PioCounter:
                 self._procs[vm] = Proc(tgid, start // TICK_NS)
             table[vm] = exited
         # After the table: a VM's arrival is rung a moment after it enters it.
-        self._bpf.ring_buffer_consume()
+        self._ring.consume()
         return table
 
     @property
@@ -301,35 +291,29 @@ class PioCounter:
             del self.cmdlines[p]
 
     def _tracepoints(self):
-        """(raw, classic) tracepoints of counting and timing. Without
-        --latency, by VM, sched_process_exit stays attached to the end, so
-        that a VM's exit is seen after detach too."""
+        """The tracepoints of counting and timing: raw ones by name, the
+        classic ones as category:name. Without --latency, by VM,
+        sched_process_exit stays attached to the end, so that a VM's exit
+        is seen after detach too."""
         counted = ["kvm_pio"] + (list(MMIO_TRACEPOINTS) if self._mmio else [])
-        raw = list(counted) if self.attach_mode == "raw" else []
+        tps = [tp if self.attach_mode == "raw" else f"kvm:{tp}" for tp in counted]
         if self.latency:
-            raw += LATENCY_RAW_TRACEPOINTS
-        classic = [f"kvm:{tp}" for tp in counted] if self.attach_mode == "classic" else []
-        return [tp.encode() for tp in raw], [tp.encode() for tp in classic]
+            tps += LATENCY_RAW_TRACEPOINTS
+        return [tp.encode() for tp in tps]
 
     def detach(self):
         """Stop counting; the maps stay readable for the final read."""
-        raw, classic = self._tracepoints()
-        for tp in raw:
-            self._bpf.detach_raw_tracepoint(tp=tp)
-        for tp in classic:
-            self._bpf.detach_tracepoint(tp=tp)
+        for tp in self._tracepoints():
+            self._bpf.detach(tp)
 
     def attach(self):
         """Count again after `detach` (the bench switches programs so)."""
-        raw, classic = self._tracepoints()
-        for tp in raw:
-            self._bpf.attach_raw_tracepoint(tp=tp, fn_name=b"raw_tracepoint__" + tp)
-        for tp in classic:
-            self._bpf.attach_tracepoint(tp=tp, fn_name=b"tracepoint__" + tp.replace(b":", b"__"))
+        for tp in self._tracepoints():
+            self._bpf.attach(tp)
 
     def program_fds(self):
         """{program name: fd} of the loaded programs."""
-        return {name.decode(): f.fd for name, f in self._bpf.funcs.items()}
+        return dict(self._bpf.programs)
 
     def stats(self):
         """{program name: (run_time_ns, run_cnt)}, counted by the kernel
@@ -342,4 +326,6 @@ class PioCounter:
         return out
 
     def close(self):
-        self._bpf.cleanup()
+        if self._ring:
+            self._ring.close()
+        self._bpf.close()
