@@ -1,4 +1,4 @@
-// How long each port I/O exit keeps its vCPU out of the guest, from KVM's
+// How long each port I/O (with --mmio, MMIO) exit keeps its vCPU out of the guest, from KVM's
 // own tracepoints only (no syscall tracepoint: that would slow every
 // syscall of every process on the host).
 //
@@ -6,15 +6,22 @@
 // ends and with load=1 as the next one starts, in the vCPU's thread. At the
 // end the vCPU is still loaded, so the kernel's own kvm_run (vcpu->run, found
 // from the task's preempt notifier) says what the exit is: its reason and,
-// for KVM_EXIT_IO, the direction and port. kvm_userspace_exit, after KVM_RUN
+// for KVM_EXIT_IO, the direction and port, for KVM_EXIT_MMIO (--mmio) the
+// direction and guest-physical address. kvm_userspace_exit, after KVM_RUN
 // has returned, confirms that the exit went to user space (same reason,
 // errno 0); a put and load inside one KVM_RUN (kvm_xstate_reset on INIT) has
 // none, and opens no window. The window is the VMM's emulation, its locks and
 // its scheduling, and it holds for a VM whenever it started.
 // Exits handled in the kernel: from kvm_exit to kvm_entry around a kvm_pio,
 // where those tracepoints fire (hardware VMX/SVM; not under every nested
-// hypervisor).
+// hypervisor); MMIO handled in the kernel is not timed.
 #include <uapi/linux/kvm.h>
+
+#ifdef PIOBPF_MMIO
+#define TIMED_EXIT(reason) ((reason) == KVM_EXIT_IO || (reason) == KVM_EXIT_MMIO)
+#else
+#define TIMED_EXIT(reason) ((reason) == KVM_EXIT_IO)
+#endif
 
 static __always_inline void count_untimed(u32 reason)
 {
@@ -44,7 +51,10 @@ static __always_inline struct pio_pending *pending_of(u64 id)
 struct run_head {
     u32 exit_reason;
     u8 between[offsetof(struct kvm_run, io) - offsetof(struct kvm_run, exit_reason) - 4];
-    __typeof__(((struct kvm_run *)0)->io) io;
+    union {
+        __typeof__(((struct kvm_run *)0)->io) io;
+        __typeof__(((struct kvm_run *)0)->mmio) mmio;
+    };
 } __attribute__((packed));
 _Static_assert(offsetof(struct run_head, io)
                == offsetof(struct kvm_run, io) - offsetof(struct kvm_run, exit_reason),
@@ -66,21 +76,20 @@ static __always_inline int loaded_run(struct run_head *head)
                                  (void *)(run + offsetof(struct kvm_run, exit_reason)));
 }
 
-static __always_inline void time_window(u32 slot, u64 ns)
+static __always_inline bool too_long(u64 ns)
 {
-    if (ns > PIOBPF_MAX_WINDOW_NS) {    // a stopped VM, not emulation
-        count_untimed(PIOBPF_UNTIMED_TOO_LONG);
-        return;
-    }
-    struct pio_time *t = times.lookup(&slot);
+    if (ns <= PIOBPF_MAX_WINDOW_NS)
+        return false;
+    count_untimed(PIOBPF_UNTIMED_TOO_LONG);     // a stopped VM, not emulation
+    return true;
+}
+
+// A window of `ns` into the times `t` of its key (0: no room for them).
+static __always_inline void add_window(struct pio_time *t, u64 ns)
+{
     if (!t) {
-        struct pio_time zero = {};
-        times.insert(&slot, &zero);
-        t = times.lookup(&slot);
-        if (!t) {
-            count_untimed(PIOBPF_UNTIMED_NO_ROOM);
-            return;
-        }
+        count_untimed(PIOBPF_UNTIMED_NO_ROOM);
+        return;
     }
     u32 bucket = bpf_log2l(ns);
     if (bucket >= PIOBPF_HIST_SLOTS)
@@ -91,6 +100,52 @@ static __always_inline void time_window(u32 slot, u64 ns)
     if (ns > t->max_ns)     // a race with another CPU may keep the lower of two
         t->max_ns = ns;
 }
+
+// (BCC allows no map call in a macro, nor a map as an argument: each time
+// map has its own "look up, else make" below.)
+static __always_inline void time_window(u32 slot, u64 ns)
+{
+    if (too_long(ns))
+        return;
+    struct pio_time *t = times.lookup(&slot);
+    if (!t) {
+        struct pio_time zero = {};
+        times.insert(&slot, &zero);
+        t = times.lookup(&slot);
+    }
+    add_window(t, ns);
+}
+
+#ifdef PIOBPF_MMIO
+// An MMIO exit's window, keyed as its counts (mmio.h).
+static __always_inline void time_mmio(u64 dg, u64 ns)
+{
+    struct mmio_key key = {};
+    if (too_long(ns) || !mmio_key_of(&key, dg))
+        return;
+    struct pio_time *t = mmio_times.lookup(&key);
+    if (!t) {
+        struct pio_time zero = {};
+        mmio_times.insert(&key, &zero);
+        t = mmio_times.lookup(&key);
+    }
+    add_window(t, ns);
+}
+
+static __always_inline u64 exit_key(struct run_head *head)
+{
+    if (head->exit_reason == KVM_EXIT_MMIO)
+        return dirgpa(head->mmio.is_write, head->mmio.phys_addr);
+    return dirport(head->io.direction == KVM_EXIT_IO_OUT, head->io.port);
+}
+#else
+static __always_inline void time_mmio(u64 dg, u64 ns) {}
+
+static __always_inline u64 exit_key(struct run_head *head)
+{
+    return dirport(head->io.direction == KVM_EXIT_IO_OUT, head->io.port);
+}
+#endif
 
 // From count_pio: the port of an exit the kernel may handle in place.
 static __always_inline void time_pio(u32 slot)
@@ -114,12 +169,12 @@ static __always_inline void run_ends(u64 id)
     if (!p)
         return;
     struct run_head head = {};
-    if (loaded_run(&head) || head.exit_reason != KVM_EXIT_IO) {
+    if (loaded_run(&head) || !TIMED_EXIT(head.exit_reason)) {
         p->state = WINDOW_NONE;
         return;
     }
     p->reason = head.exit_reason;
-    p->key = dirport(head.io.direction == KVM_EXIT_IO_OUT, head.io.port);
+    p->key = exit_key(&head);
     p->user_ts = bpf_ktime_get_ns();
     p->state = WINDOW_LEAVING;
 }
@@ -131,12 +186,12 @@ static __always_inline void run_starts(u64 id)
     struct pio_pending *p = pending.lookup(&tid);
     if (!p) {
         // The thread's first KVM_RUN since attach. If its kvm_run holds a
-        // port exit, that exit was under way when tracing began: untimed,
+        // timed exit, that exit was under way when tracing began: untimed,
         // and said so. (A thread's entry, made here, makes this once.)
         if (!TRACED(id >> 32))
             return;
         struct run_head head = {};
-        if (!loaded_run(&head) && head.exit_reason == KVM_EXIT_IO)
+        if (!loaded_run(&head) && TIMED_EXIT(head.exit_reason))
             count_untimed(PIOBPF_UNTIMED_OPEN_AT_START);
         pending_of(id);
         return;
@@ -144,7 +199,9 @@ static __always_inline void run_starts(u64 id)
     if (p->state == WINDOW_OUT) {
         u64 ns = bpf_ktime_get_ns() - p->user_ts;
         u32 slot;
-        if (pio_slot(&slot, p->key))
+        if (p->reason == KVM_EXIT_MMIO)
+            time_mmio(p->key, ns);
+        else if (pio_slot(&slot, p->key))
             time_window(slot, ns);
     }
     p->state = WINDOW_NONE;

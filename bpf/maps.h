@@ -4,8 +4,8 @@
 // never lost and never twice.
 
 // Events not counted because their key found no room (a full map): counted
-// here, reported, never hidden.
-BPF_ARRAY(dropped, u64, 1);
+// here, reported, never hidden; a slot a reason (PIOBPF_DROPPED_*).
+BPF_ARRAY(dropped, u64, PIOBPF_DROPPED_SLOTS);
 
 #ifndef PIOBPF_KEY_TGID
 // By port the key space is small and fixed: an array indexed by the key,
@@ -54,10 +54,18 @@ BPF_HASH(pending, u32, struct pio_pending, PIOBPF_MAX_THREADS);
 BPF_ARRAY(kvm_exit_fires, u8, 1);
 #endif
 
-static __always_inline void count_dropped(void)
+#ifdef PIOBPF_MMIO
+// MMIO addresses are a sparse 64-bit space: a bounded hash of keys
+// (--mmio-map-size), its counts found by hashing on every event.
+BPF_HASH(mmio_counts, struct mmio_key, struct pio_counts, PIOBPF_MMIO_ENTRIES);
+#ifdef PIOBPF_LATENCY
+BPF_HASH(mmio_times, struct mmio_key, struct pio_time, PIOBPF_MMIO_ENTRIES);
+#endif
+#endif
+
+static __always_inline void count_dropped(u32 reason)
 {
-    u32 zero = 0;
-    u64 *d = dropped.lookup(&zero);
+    u64 *d = dropped.lookup(&reason);
     if (d)
         __sync_fetch_and_add(d, 1);
 }

@@ -9,6 +9,7 @@
 //   maps.h       every map
 //   pidfilter.h  -p
 //   vmkeys.h     keys by VM or vCPU, and a VM's first count and end
+//   mmio.h       --mmio: kvm_mmio and kvm_fast_mmio per (direction, gpa)
 //   latency.h    --latency's exit windows and their tracepoints
 
 #include "piobpf.h"
@@ -28,6 +29,10 @@ static __always_inline bool pio_slot(u32 *slot, u32 dp)
 }
 
 static __always_inline void vm_exit(void) {}
+#endif
+
+#ifdef PIOBPF_MMIO
+#include "mmio.h"
 #endif
 
 #ifdef PIOBPF_LATENCY

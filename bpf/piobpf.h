@@ -5,12 +5,15 @@
 // one it does not know.
 
 #if !defined(PIOBPF_PORT_KEYS) || !defined(PIOBPF_MAX_ENTRIES) || !defined(PIOBPF_MAX_PIDS) \
-    || !defined(PIOBPF_FILTERING) || !defined(PIOBPF_UNTIMED_SLOTS)
+    || !defined(PIOBPF_FILTERING) || !defined(PIOBPF_UNTIMED_SLOTS) \
+    || !defined(PIOBPF_DROPPED_SLOTS) || !defined(PIOBPF_DROPPED_MAP_FULL)
 #error "compile through piobpf/kernel/program.py, which defines the parameters"
 #endif
 // PIOBPF_PORT_KEYS: 2 directions x 65536 ports; PIOBPF_MAX_ENTRIES: keys
 // by VM or vCPU; PIOBPF_MAX_PIDS: processes -p can name; PIOBPF_FILTERING:
-// 1 with -p; PIOBPF_UNTIMED_SLOTS: reasons an exit goes untimed (latency).
+// 1 with -p; PIOBPF_UNTIMED_SLOTS: reasons an exit goes untimed (latency);
+// PIOBPF_DROPPED_SLOTS: reasons an event goes uncounted, PIOBPF_DROPPED_*
+// their slots of the dropped array.
 
 // A count's key. By port only dirport is used: it indexes the counts array.
 struct pio_key {
@@ -31,6 +34,30 @@ static __always_inline u32 dirport(u32 rw, u32 port)
 {
     return (rw ? 0x10000 : 0) | (port & 0xffff);
 }
+
+#ifdef PIOBPF_MMIO
+#if !defined(PIOBPF_MMIO_ENTRIES) || !defined(PIOBPF_MMIO_READ) || !defined(PIOBPF_MMIO_WRITE) \
+    || !defined(PIOBPF_MMIO_WRITE_BIT) || !defined(PIOBPF_DROPPED_MMIO_MAP_FULL)
+#error "compile through piobpf/kernel/program.py, which defines the MMIO parameters"
+#endif
+// PIOBPF_MMIO_ENTRIES: MMIO keys (--mmio-map-size); PIOBPF_MMIO_READ and
+// _WRITE: kvm_mmio's types counted (its unsatisfied-read is the first half
+// of a read that user space completes); PIOBPF_MMIO_WRITE_BIT: the bit of
+// a key's dirgpa that says write (guest-physical addresses are narrower).
+
+// An MMIO count's key: as struct pio_key, with a guest-physical address.
+struct mmio_key {
+    u64 dirgpa;     // direction << PIOBPF_MMIO_WRITE_BIT | gpa
+    u32 vm;
+    u32 tid;
+};
+
+static __always_inline u64 dirgpa(u32 write, u64 gpa)
+{
+    u64 bit = 1ULL << PIOBPF_MMIO_WRITE_BIT;
+    return (write ? bit : 0) | (gpa & (bit - 1));
+}
+#endif
 
 #ifdef PIOBPF_KEY_TGID
 #if !defined(PIOBPF_MAX_VMS) || !defined(PIOBPF_RECENT) || !defined(PIOBPF_TASK_GROUP_LEADER) \
@@ -99,7 +126,8 @@ enum { WINDOW_NONE, WINDOW_LEAVING, WINDOW_OUT };
 // Per vCPU thread: the exit under way.
 struct pio_pending {
     u64 user_ts;            // KVM_RUN ended (kvm_fpu 0) with an exit of `reason`
-    u64 key;                // that exit's key: for KVM_EXIT_IO direction << 16 | port
+    u64 key;                // that exit's key: for KVM_EXIT_IO direction << 16 | port,
+                            // for KVM_EXIT_MMIO (--mmio) dirgpa
     u32 reason;             // its KVM_EXIT_*
     u32 state;              // WINDOW_*
     u64 exit_ts;            // kvm_exit (0: none seen)

@@ -145,7 +145,7 @@ static __always_inline bool pio_slot(u32 *slot, u32 dp)
     struct pio_key key = {.dirport = dp, .vm = vm ? *vm : 0, .tid = (u32)(thread & 0xffffffff)};
     u32 *s = vm ? slot_of(&key) : 0;
     if (!s) {
-        count_dropped();
+        count_dropped(PIOBPF_DROPPED_MAP_FULL);
         return false;
     }
     *slot = r->slot = *s;

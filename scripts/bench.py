@@ -8,6 +8,10 @@ whose every read (serial port 0x3fd) exits to this process, its VMM: there
 --before REV measures the --latency of that git revision beside this one's,
 in the same process and the same blocks.
 
+--mmio's cost per MMIO event, by address and by VM, is measured on a guest
+reading the in-kernel LAPIC (a kvm_mmio event, no exit), beside the port
+figures of the same programs.
+
 What a tracer costs processes that are not VMs: a getppid loop pinned to
 another CPU, timed by its own CPU clock, untraced and under each program in
 interleaved rounds (a syscall tracepoint sends every syscall on the host
@@ -68,6 +72,9 @@ UNTRACED = "untraced"
 LATENCY = "piobpf --latency"
 FLOOR_PROGRAM = "RAW_TRACEPOINT_PROBE(kvm_pio) { return 0; }"
 PROBE = "raw_tracepoint__kvm_pio"     # what RAW_TRACEPOINT_PROBE(kvm_pio) names its function
+MMIO_PROBE = "raw_tracepoint__kvm_mmio"
+MMIO = ("piobpf --mmio", "piobpf --mmio --by vm")   # measured on MMIO events, in runs of their own
+LAPIC_ID = 0xFEE00020       # an in-kernel LAPIC register: its read is a kvm_mmio read, no exit
 BPFTRACE_PROGRAM = "tracepoint:kvm:kvm_pio { @[args->rw, args->port] = count(); }"
 FLOOR_CMD = [PY, "-c", "import sys; from bcc import BPF; b = BPF(text=sys.argv[1]); "
                        "print('Tracing', file=sys.stderr, flush=True); sys.stdin.read()",
@@ -94,6 +101,7 @@ class PicGuest:
     0x80, which exits to us, then starts over: each run() is one KVM_RUN."""
 
     workload = "in-kernel exits"
+    probe = PROBE       # the program whose runs are its events
 
     def __init__(self, ops):
         self.ops = ops
@@ -150,6 +158,22 @@ class SerialGuest(PicGuest):
     def enter(self):
         for _ in range(self.ops):
             fcntl.ioctl(self._vcpu.fd, guest.KVM_RUN, 0)
+
+
+class MmioGuest(PicGuest):
+    """As PicGuest, reading the in-kernel LAPIC's ID register instead (MMIO
+    the kernel answers: one kvm_mmio event, no exit to us), 4 bytes a read."""
+
+    workload = "in-kernel MMIO"
+    probe = MMIO_PROBE
+
+    @staticmethod
+    def program(ops):
+        return [guest.MmioOp("read", LAPIC_ID, 4, ops), guest.PortOp("read", CHECKPOINT_PORT)]
+
+    @property
+    def events(self):
+        return self.ops
 
 
 # What the paired runs set against the floor, on which guest: by port where a
@@ -233,7 +257,9 @@ class Programs:
         raw = dict(attach="raw")
         self.loaded = {"piobpf": PioCounter(CounterConfig(**raw)),
                        "piobpf --by vm": PioCounter(CounterConfig(by="vm", **raw)),
-                       LATENCY: PioCounter(CounterConfig(latency=True, **raw))}
+                       LATENCY: PioCounter(CounterConfig(latency=True, **raw)),
+                       MMIO[0]: PioCounter(CounterConfig(mmio=True, **raw)),
+                       MMIO[1]: PioCounter(CounterConfig(by="vm", mmio=True, **raw))}
         self.before = f"{LATENCY} @{before[0]}" if before else None
         if before:
             old = before[1]
@@ -272,12 +298,12 @@ class Programs:
         t = self.loaded[LATENCY].read().times.get(Key("read", SERIAL_LSR))
         return t.windows if t else 0
 
-    def stats(self, name):
-        """(run_time_ns of all its programs, run_cnt of its kvm_pio one),
-        counted while bpf_stats() is on: a kvm_pio event costs what the mode
-        runs for it on any tracepoint."""
+    def stats(self, name, probe=PROBE):
+        """(run_time_ns of all its programs, run_cnt of its `probe` one,
+        kvm_pio's or kvm_mmio's), counted while bpf_stats() is on: an event
+        costs what the mode runs for it on any tracepoint."""
         stats = self.loaded[name].stats()
-        return sum(ns for ns, _ in stats.values()), stats[PROBE][1]
+        return sum(ns for ns, _ in stats.values()), stats[probe][1]
 
     def close(self):
         self.off()
@@ -413,24 +439,25 @@ def bpf_stats():
         os.close(fd)
 
 
-def bpf_costs(programs, pic, rounds):
+def bpf_costs(programs, pic, rounds, names=None):
     """ns per event of each program, from the kernel's BPF stats, in runs
     of their own: the accounting costs too, so it is off in the paired runs.
     The counts are every process's: a run in which other VMs on this machine
     made more than FOREIGN_MAX of the events is run again, up to RETRIES
     times, and the figures are the clean runs' (all runs' if none is);
-    `foreign` keeps the share of each run kept."""
-    runs = {name: [] for name in programs.loaded}
-    retried = dict.fromkeys(programs.loaded, 0)
-    names = list(programs.loaded)
+    `foreign` keeps the share of each run kept. `names`: the programs
+    measured (default: all but --mmio's, which MmioGuest's runs measure)."""
+    names = list(names or (n for n in programs.loaded if n not in MMIO))
+    runs = {name: [] for name in names}
+    retried = dict.fromkeys(names, 0)
     for rnd in range(rounds):
         for name in names[rnd % len(names):] + names[:rnd % len(names)]:
             programs.use(name)
             for retry in range(RETRIES + 1):
-                ns0, cnt0 = programs.stats(name)
+                ns0, cnt0 = programs.stats(name, pic.probe)
                 with bpf_stats():
                     pic.run()
-                ns1, cnt1 = programs.stats(name)
+                ns1, cnt1 = programs.stats(name, pic.probe)
                 foreign = 1 - pic.events / (cnt1 - cnt0)
                 if foreign <= FOREIGN_MAX:
                     break
@@ -776,6 +803,8 @@ def run_bench(args, programs, result):
                                   / ((len(latency["runs"]) + latency["retried"]) * vm.events))
     programs.off()
     result["syscall_ns"] = syscall_costs(programs, args.rounds, args.syscalls)
+    with workload(MmioGuest, STATS_RUN_S, programs) as vm:
+        ns[vm.workload] = bpf_costs(programs, vm, args.rounds, MMIO)
     with workload(PicGuest, STATS_RUN_S, programs) as pic:
         ns[pic.workload] = bpf_costs(programs, pic, args.rounds)
         programs.off()

@@ -268,12 +268,13 @@ def by_key(rows):
 
 
 class PerfRecord:
-    """`perf record -e kvm:kvm_pio -a`, recording when the constructor returns."""
+    """`perf record -e kvm:kvm_pio -a` (or other `events`), recording when
+    the constructor returns."""
 
-    def __init__(self):
+    def __init__(self, events=("kvm:kvm_pio",)):
         self.dir = tempfile.TemporaryDirectory()
         self.data = f"{self.dir.name}/perf.data"
-        self.proc = perfrecord.start(self.data)
+        self.proc = perfrecord.start(self.data, events=events)
 
     def script(self, pid):
         """Stop recording; the `perf script` text of what it saw of process

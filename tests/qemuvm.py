@@ -14,6 +14,12 @@ kvm:kvm_pio sees exactly the events that firmware_events() lists:
   only; writes write 0), REPS times;
 - one byte written to 0x3f8 per byte of the marker.
 
+MultibootVM has SeaBIOS load a multiboot `-kernel` image made here, which
+runs in 32-bit protected mode with flat segments: it does MMIO (MmioOp:
+reads or writes of an absolute guest-physical address, or of an offset
+into the e1000's MMIO BAR, which it finds in PCI configuration space),
+then writes the marker and halts.
+
 SeabiosVM boots Debian's SeaBIOS instead, from a legacy virtio-blk disk whose
 boot sector writes the marker: real firmware port I/O (PCI set-up, IDE probe,
 fw_cfg, port 0x92 ...) whose counts are not ours to choose.
@@ -168,6 +174,63 @@ def boot_sector(marker=MARKER):
     first, or SeaBIOS's timer interrupt flushes its own serial console output
     into the middle of the marker."""
     return (b"\xfa" + _finish(marker)).ljust(510, b"\0") + b"\x55\xaa"
+
+
+MULTIBOOT_LOAD = 0x100000    # where QEMU's multiboot loader puts the image
+MULTIBOOT_MAGIC, MULTIBOOT_ADDRESSES = 0x1BADB002, 1 << 16   # flag: the header says where
+
+
+@dataclass(frozen=True)
+class MmioOp:
+    """REPS accesses of SIZE bytes at `gpa`, or (bar set) at offset `gpa`
+    into the e1000's MMIO BAR (at PCI slot `bar`)."""
+    direction: str
+    gpa: int
+    size: int = 4
+    reps: int = 1
+    bar: int = None
+
+
+def _mmio_loop(op):
+    """mov ecx, reps; again: mov (e)ax|al, [address] (or the reverse); loop again.
+    Writes write 0."""
+    modrm = b"\x86" + struct.pack("<I", op.gpa) if op.bar is not None else \
+        b"\x05" + struct.pack("<I", op.gpa)          # [esi + offset], or [offset]
+    opcode = (0x8A if op.direction == "read" else 0x88) + (op.size > 1)
+    body = (b"\x66" if op.size == 2 else b"") + bytes([opcode]) + modrm
+    code = b"\x31\xc0" if op.direction == "write" else b""      # xor eax, eax
+    return code + b"\xb9" + struct.pack("<I", op.reps) + body + b"\xe2" + \
+        struct.pack("<b", -(len(body) + 2))
+
+
+def _find_bar(slot):
+    """esi = the e1000's BAR 0 (its MMIO registers), memory decoding on."""
+    def out(port, value, size):
+        wide = b"\x66" if size == 2 else b""
+        return (b"\xb8" + struct.pack("<I", value) + b"\x66\xba" + struct.pack("<H", port)
+                + wide + b"\xef")
+    return (out(CONFIG_ADDRESS, _config_address(slot, 0x10), 4)
+            + b"\x66\xba" + struct.pack("<H", CONFIG_DATA) + b"\xed"      # in eax, dx
+            + b"\x25" + struct.pack("<I", 0xFFFFFFF0) + b"\x89\xc6"       # and; mov esi, eax
+            + out(CONFIG_ADDRESS, _config_address(slot, 0x04), 4)
+            + out(CONFIG_DATA, 0x7, 2))                                 # I/O, memory, master
+
+
+def multiboot_kernel(ops, marker=MARKER):
+    """A multiboot image: MMIO ops, then the marker to the serial port, then halt."""
+    code = bytearray()
+    for slot in sorted({op.bar for op in ops if op.bar is not None}):
+        code += _find_bar(slot)
+    for op in ops:
+        code += _mmio_loop(op)
+    code += b"\x66\xba" + struct.pack("<H", SERIAL)
+    code += b"".join(b"\xb0" + bytes([c]) + b"\xee" for c in marker)
+    code += b"\xfa\xf4\xeb\xfd"                  # cli; hlt; jmp to the hlt
+    end = MULTIBOOT_LOAD + 32 + len(code)
+    header = struct.pack("<III", MULTIBOOT_MAGIC, MULTIBOOT_ADDRESSES,
+                         -(MULTIBOOT_MAGIC + MULTIBOOT_ADDRESSES) & 0xFFFFFFFF)
+    header += struct.pack("<IIIII", MULTIBOOT_LOAD, MULTIBOOT_LOAD, end, end, MULTIBOOT_LOAD + 32)
+    return header + bytes(code)
 
 
 def _monitor_args(monitor, path):
@@ -422,6 +485,15 @@ class SeabiosVM(QemuVM):
             "-device", f"virtio-blk-pci,id=disk0,addr=0x2,drive=drive0{legacy},bootindex=0",
             "-device", f"virtio-net-pci,romfile=,id=net0,addr=0x3{legacy}",
             "-device", e1000(0).arg(), *(["-m", "64"] if modern else [])])
+
+
+class MultibootVM(QemuVM):
+    """The VM with an e1000 nic1 (PCI slot 4, placed by SeaBIOS), booting
+    multiboot_kernel(ops) through SeaBIOS."""
+
+    def __init__(self, name, ops, monitor="qmp", marker=MARKER):
+        self._launch(name, monitor, marker, {"kernel.bin": multiboot_kernel(ops, marker)},
+                     ["-kernel", "kernel.bin", "-device", e1000(0).arg()])
 
 
 def write_fixtures():

@@ -29,14 +29,16 @@ def test_bench_smoke_produces_its_figures(tmp_path):
     assert set(r["throughput_ratio"]) == {"floor (empty BPF)", "bpftrace", "perf record"}
     assert all(v > 0 for v in r["throughput_ratio"].values())
     programs = {"piobpf", "piobpf --by vm", "piobpf --latency", before, "floor (empty BPF)"}
+    mmio = {"piobpf --mmio", "piobpf --mmio --by vm"}
     ns = r["bpf_ns_per_event"]
     assert set(ns["in-kernel exits"]) == programs | {"bpftrace"}
     assert set(ns["user-space exits"]) == programs
+    assert set(ns["in-kernel MMIO"]) == mmio
     assert all(c["median"] > 0 for costs in ns.values() for c in costs.values())
     # --latency timed the guest's exits to user space: its vCPU was resolved.
     assert 0.95 < ns["user-space exits"]["piobpf --latency"]["timed_share"] < 1.05
     # Another process's syscalls, untraced and under each mode.
-    assert set(r["syscall_ns"]) == programs - {"floor (empty BPF)"} | {"untraced"}
+    assert set(r["syscall_ns"]) == programs - {"floor (empty BPF)"} | mmio | {"untraced"}
     assert all(c["median_ns"] > 0 for c in r["syscall_ns"].values())
     assert r["full_map_keys"] == 131072
     # The exporter's resident memory per mode (a figure: no bound asserted).

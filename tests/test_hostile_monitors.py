@@ -8,8 +8,11 @@ import os
 import re
 import tempfile
 import time
+from types import SimpleNamespace
 
 from helpers import ScriptedGuest, around_all, needs_tracing
+from piobpf.core.keys import Gpa, Key
+from piobpf.core.snapshot import Counts
 from piobpf.naming import devices
 from piobpf.naming import mtree
 from qemuvm import QemuVM, firmware_events, virtio_net
@@ -143,5 +146,57 @@ def test_an_unchanged_answer_is_not_parsed_again_and_a_huge_one_refused(tmp_path
         err = capsys.readouterr().err
         assert err == (f"piobpf: pid {guest.pid}: no device map from its monitor (qmp {path}): "
                        f"more than 65536 ranges in the I/O map; its ports keep their last names\n")
+    finally:
+        guest.end()
+
+
+def memory_map(*ranges):
+    """io_map's text with a memory space of ranges (start, end, name)."""
+    lines = ["FlatView #1", ' AS "memory", root: system', " Root memory region: system"]
+    lines += [f"  {s:016x}-{e:016x} (prio 1, i/o): {n}" for s, e, n in ranges]
+    return io_map((0x510, "fwcfg")) + "\r\n".join(lines) + "\r\n"
+
+
+HPET = (0xFED00000, 0xFED003FF, "hpet")
+E1000 = (0xFEBC0000, 0xFEBDFFFF, "e1000-mmio owner:{dev id=nic1}")
+
+
+def test_an_unassigned_gpa_asks_once_for_the_memory_map_again(tmp_path):
+    # A BAR placed after the first read (MMIO configuration, which the port
+    # watch cannot see): the first access to its unassigned address asks
+    # again, once per address, no sooner than MIN_GAP after the last read.
+    path = str(tmp_path / "m.sock")
+    guest = ScriptedGuest(["r:0x510"], path, qmp_map(memory_map(HPET)))
+    asked = lambda: len(guest.connections(by=os.getpid()))
+    clock = [1000.0]
+    try:
+        maps = devices.VmmMaps([guest.pid], timeout=5, clock=lambda: clock[0], memory=True)
+        names = devices.DeviceNames(None, maps=maps)
+        (vm,) = maps.vms.values()
+        wait(vm)
+        nic = Gpa(0xFEBC0008)
+        assert names(nic, vm.proc) == ("unassigned", devices.VMM)
+        assert names(Gpa(0xFED000F0), vm.proc) == ("hpet", devices.VMM)
+        assert names(0x510, vm.proc) == ("fwcfg", devices.VMM)     # one answer, both maps
+        guest.set_script(qmp_map(memory_map(HPET, E1000)))
+        reached = lambda *gpas: SimpleNamespace(counts={Key("read", Gpa(g), vm.proc): Counts(1, 4)
+                                                        for g in gpas})
+        maps.refresh(reached(nic))                  # within MIN_GAP of the first read: later
+        assert asked() == 1 and vm.due
+        clock[0] += devices.MIN_GAP
+        maps.refresh(reached(0xFED000F0))           # a named address asks nothing, the due one goes
+        wait(vm)
+        assert asked() == 2
+        assert names(nic, vm.proc) == ("e1000-mmio nic1", devices.VMM)
+        assert names(nic, None) == ("e1000-mmio nic1", devices.VMM)   # by port, the VMs agree
+        clock[0] += devices.MIN_GAP
+        gap = Gpa(0xC0000000)
+        maps.refresh(reached(gap))                  # unassigned: asks once ...
+        wait(vm)
+        clock[0] += devices.MIN_GAP
+        maps.refresh(reached(gap, nic))             # ... and no more
+        wait(vm)
+        assert asked() == 3
+        assert names(gap, vm.proc) == ("unassigned", devices.VMM)
     finally:
         guest.end()

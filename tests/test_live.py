@@ -161,7 +161,7 @@ def test_refuses_a_stdout_that_is_not_a_terminal():
 
 def test_rows_count_since_the_baseline_and_mark_devices_as_the_table_does():
     class Maps:    # web1's QEMU tells its map; db2 has no monitor
-        def map_of(self, pid):
+        def map_of(self, pid, memory=False):
             return ioports.IoPorts([ioports.Range(0x3f8, 0x3ff, "serial", 0)]) if pid == 10 else None
 
     names = {10: "web1", 11: "db2"}

@@ -1,7 +1,8 @@
 import json
 
 from helpers import fixed_naming
-from piobpf.core.keys import Key, Proc
+from piobpf.core.keys import Gpa, Key, Proc
+from piobpf.naming import mmiomap
 from piobpf.sinks import formats
 from piobpf.naming import vms
 from piobpf.rows.report import make_report
@@ -117,3 +118,11 @@ def test_table_escapes_control_characters_in_names():
     # JSON keeps the names as they are: its own escaping is exact.
     assert json.loads(formats.json_line(make_report(snap, 1.0, naming, by="vm")))["rows"][0][
         "vm"] == "evil\nread   0x0001  fake"
+
+
+def test_without_a_memory_map_mmio_is_named_from_the_pc_fixed_table():
+    naming = fixed_naming({0x3fd: "serial"})
+    assert naming.device(Key("read", Gpa(0xFEE00030))) == ("lapic", mmiomap.PC_FIXED)
+    assert naming.device(Key("read", Gpa(0xFEBC0000))) == ("unassigned", mmiomap.PC_FIXED)
+    assert naming.device(Key("read", Gpa(0x3FD))) == ("unassigned", mmiomap.PC_FIXED)
+    assert naming.device(Key("read", 0x3FD)) == ("serial", "host-ioports")

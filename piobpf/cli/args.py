@@ -13,7 +13,7 @@ from ..core.errors import CliError
 from ..core.keys import MODES
 from ..kernel.counter import CounterConfig
 from ..kernel.preflight import ATTACH_MODES
-from ..kernel.program import DEFAULT_MAX_ENTRIES, MAX_PIDS
+from ..kernel.program import DEFAULT_MAX_ENTRIES, DEFAULT_MMIO_ENTRIES, MAX_PIDS
 from ..naming.names import DEVICE_MAPS, NamingConfig
 from ..run.session import RunConfig
 
@@ -28,6 +28,7 @@ EXAMPLES = """examples:
     piobpf -d 30 --format seed   # the output of the perf + awk recipe
     piobpf -d 10 --by vm      # which VM: per VMM process, its top ports
     piobpf -d 10 --by vcpu -p 4242   # the vCPUs of process 4242 only
+    piobpf -d 10 --mmio       # guest MMIO too, per (direction, guest-physical address)
     piobpf --device-map host  # name ports from /proc/ioports only, ask no VM
     piobpf --ioports guest-ioports.txt   # ... or from the guest's ioports
     piobpf --prometheus 0.0.0.0:9435 --by vm   # serve /metrics on all interfaces
@@ -158,6 +159,14 @@ def parse_args(argv):
                    help=f"with --by vm|vcpu: keys of the kernel's count map (default "
                         f"{DEFAULT_MAX_ENTRIES}); events of keys that do not fit are "
                         "counted as dropped")
+    p.add_argument("--mmio", action="store_true",
+                   help="also count guest MMIO (kvm:kvm_mmio, kvm:kvm_fast_mmio) per "
+                        "direction and guest-physical address, in any mode")
+    p.add_argument("--mmio-map-size", type=positive(int), default=DEFAULT_MMIO_ENTRIES,
+                   metavar="N",
+                   help=f"with --mmio: keys of the kernel's MMIO map (default "
+                        f"{DEFAULT_MMIO_ENTRIES}); events of keys that do not fit are "
+                        "counted as dropped")
     p.add_argument("--prometheus", type=listen_address, metavar="[ADDR:]PORT",
                    help="serve the cumulative counters at http://ADDR:PORT/metrics until "
                         "stopped (ADDR default 127.0.0.1; 0.0.0.0 or [::] for all interfaces)")
@@ -199,9 +208,11 @@ def parse_args(argv):
     if (args.from_perf or args.compare) and (
             args.duration or args.interval or args.attach != "auto" or args.pid
             or args.by != "port" or args.map_size != DEFAULT_MAX_ENTRIES
-            or args.device_map != "auto" or args.latency):
-        p.error("-d, -i, -p, --by, --map-size, --attach, --device-map and --latency are for "
-                "tracing, not for --from-perf or --compare")
+            or args.device_map != "auto" or args.latency or args.mmio
+            or args.mmio_map_size != DEFAULT_MMIO_ENTRIES):
+        p.error("-d, -i, -p, --by, --map-size, --attach, --device-map, --latency and --mmio "
+                "are for tracing, not for --from-perf or --compare (which read MMIO "
+                "events and rows as they find them)")
     if args.retention and not args.prometheus:
         p.error("--retention is for --prometheus: a printed run shows an exited VM's "
                 "counts to its end")
@@ -210,6 +221,10 @@ def parse_args(argv):
         p.error("--web.config.file is for --prometheus")
     if args.map_size > 1 << 24:
         p.error(f"--map-size: at most {1 << 24}")
+    if args.mmio_map_size > 1 << 24:
+        p.error(f"--mmio-map-size: at most {1 << 24}")
+    if args.mmio_map_size != DEFAULT_MMIO_ENTRIES and not args.mmio:
+        p.error("--mmio-map-size is for --mmio")
     if args.by == "port" and args.map_size != DEFAULT_MAX_ENTRIES:
         p.error("--map-size is for --by vm|vcpu: by port the map holds every key")
     if args.compare and args.format not in compare.RENDER:
@@ -220,11 +235,11 @@ def parse_args(argv):
 
 
 def naming_config(args):
-    return NamingConfig(args.by, args.device_map, args.ioports, tuple(args.pid or ()))
+    return NamingConfig(args.by, args.device_map, args.ioports, tuple(args.pid or ()), args.mmio)
 
 
 def run_config(args):
     """The typed configuration of a tracing run, built once from the command line."""
     counter = CounterConfig(args.by, tuple(args.pid or ()), args.latency, args.attach,
-                            args.map_size)
+                            args.map_size, args.mmio, args.mmio_map_size)
     return RunConfig(counter, naming_config(args), args.duration, args.interval)

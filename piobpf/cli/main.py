@@ -45,7 +45,7 @@ def run_trace(args):
         # Opened after loading: an -o FILE is not emptied by a run that cannot start.
         with open_output(args.output) as stream:
             printer = Printer(stream, args.format, args.top, session.naming, args.by,
-                              session.stopper.stop, args.sort, args.latency)
+                              session.stopper.stop, args.sort, args.latency, args.mmio)
             interval = lambda snap, secs: printer.emit(snap, secs, interval=True)
             session.run(interval, interval if args.interval else printer.emit,
                         progress=bool(args.duration and not args.interval

@@ -23,13 +23,13 @@ def run(args):
         web = webconfig.load(args.web_config_file)
     with contextlib.ExitStack() as undo:   # undone in reverse: server, collector, session
         session = undo.enter_context(Session(run_config(args)))
-        collector = PioCollector(session, args.retention, args.latency)
+        collector = PioCollector(session, args.retention, args.latency, args.mmio)
         undo.callback(collector.close)
         server = undo.enter_context(listen(host, port, collector, web))
         threading.Thread(target=server.serve_forever, daemon=True).start()
         try:
             url = f"{web.scheme if web else 'http'}://{where(host, port)}/metrics"
-            print(f"Serving {describe(args.by, args.pid)} at {url}... Ctrl-C to end.",
+            print(f"Serving {describe(args.by, args.pid, args.mmio)} at {url}... Ctrl-C to end.",
                   file=sys.stderr, flush=True)
             ticks = session.naming.ticks or bool(session.doorbells)
             while not session.stopper.stopped:

@@ -87,7 +87,9 @@ MODES = {m.name: m for m in (
 LABELS = ("direction", "port", "device")   # every mode's first Prometheus labels
 
 
-def describe(by, pids=None):
-    """What is counted, for the start-up line: kvm:kvm_pio of PID 1 per VM and (direction, port)."""
+def describe(by, pids=None, mmio=False):
+    """What is counted, for the start-up line: kvm:kvm_pio of PID 1 per VM and
+    (direction, port); with --mmio also kvm:kvm_mmio per (direction, gpa)."""
     of = f" of PID {', '.join(map(str, pids))}" if pids else ""
-    return f"kvm:kvm_pio{of} per {MODES[by].per}(direction, port)"
+    what = f"kvm:kvm_pio{of} per {MODES[by].per}(direction, port)"
+    return what + (" and kvm:kvm_mmio per (direction, gpa)" if mmio else "")

@@ -46,11 +46,14 @@ class Times(NamedTuple):
 class Snapshot:
     """Counts per key (a keys.Key), plus dropped events; with --latency,
     Times per key and what the kernel could not time (`untimed`: reason ->
-    exits, as kernel.program.UNTIMED names them, and open_at_end)."""
+    exits, as kernel.program.UNTIMED names them, and open_at_end); with
+    --mmio the dropped events by reason (`drops`, as kernel.program.DROPPED
+    names them)."""
     counts: dict = field(default_factory=dict)
     dropped: int = 0
     times: dict = field(default_factory=dict)
     untimed: dict = field(default_factory=dict)
+    drops: dict = field(default_factory=dict)
 
     @property
     def total_events(self):
@@ -69,7 +72,8 @@ class Snapshot:
             if d.windows:
                 times[key] = d
         untimed = {k: n - earlier.untimed.get(k, 0) for k, n in self.untimed.items()}
-        return Snapshot(diff, self.dropped - earlier.dropped, times, untimed)
+        drops = {k: n - earlier.drops.get(k, 0) for k, n in self.drops.items()}
+        return Snapshot(diff, self.dropped - earlier.dropped, times, untimed, drops)
 
     def __add__(self, later):
         """This snapshot plus the interval after it: the snapshot at its end."""
@@ -78,6 +82,8 @@ class Snapshot:
             counts[key] = counts.get(key, Counts()) + c
         for key, t in later.times.items():
             times[key] = times.get(key, Times()) + t
-        untimed = {k: self.untimed.get(k, 0) + later.untimed.get(k, 0)
-                for k in self.untimed.keys() | later.untimed.keys()}
-        return Snapshot(counts, self.dropped + later.dropped, times, untimed)
+        # In the order the reasons came (dicts keep it; sets would not).
+        untimed, drops = (
+            {k: mine.get(k, 0) + theirs.get(k, 0) for k in {**mine, **theirs}}
+            for mine, theirs in ((self.untimed, later.untimed), (self.drops, later.drops)))
+        return Snapshot(counts, self.dropped + later.dropped, times, untimed, drops)

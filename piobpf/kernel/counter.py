@@ -16,8 +16,10 @@ from ..core.keys import MODES, READ, WRITE, Key, Proc
 from ..core.snapshot import Counts, Snapshot, Times
 from . import loader, program
 from .maps import MapReader, RingBuffer
-from .program import (ARRIVAL_FIELDS, INDEX, KEY_FIELDS, LATENCY_RAW_TRACEPOINTS, LEAF_FIELDS,
-                      PORT_KEYS, TIME_FIELDS, UNTIMED, VM_FIELDS, layout)
+from .mmio import MmioMaps
+from .program import (ARRIVAL_FIELDS, DROPPED, INDEX, KEY_FIELDS, LATENCY_RAW_TRACEPOINTS,
+                      LEAF_FIELDS, MMIO_TRACEPOINTS, PORT_KEYS, TIME_FIELDS, UNTIMED, VM_FIELDS,
+                      layout)
 
 TICK_NS = 10**9 // os.sysconf("SC_CLK_TCK")    # the unit of /proc/PID/stat's start time
 
@@ -26,19 +28,23 @@ TICK_NS = 10**9 // os.sysconf("SC_CLK_TCK")    # the unit of /proc/PID/stat's st
 class CounterConfig:
     """What the kernel counts: per --by mode, of `pids` only (all when
     empty), with --latency's exit times; through the raw or classic
-    tracepoint; by VM or vCPU in a map of `map_size` keys."""
+    tracepoint; by VM or vCPU in a map of `map_size` keys; with `mmio`
+    also guest MMIO, in a map of `mmio_map_size` keys."""
     by: str = "port"
     pids: tuple = ()
     latency: bool = False
     attach: str = "auto"
     map_size: int = program.DEFAULT_MAX_ENTRIES
+    mmio: bool = False
+    mmio_map_size: int = program.DEFAULT_MMIO_ENTRIES
 
 
 class PioCounter:
     """kvm:kvm_pio counts aggregated in the kernel.
 
     Snapshot keys are Keys: (direction, port), by VM with the VMM process (a
-    Proc: pid and start time), by vCPU also the tid.
+    Proc: pid and start time), by vCPU also the tid; with --mmio also
+    (direction, Gpa), from the MMIO maps (mmio.MmioMaps).
 
     By VM or vCPU, `doorbells` are fds that turn readable when a VM comes or
     goes; `sync` then says which, and moves the counts of a VM that exited
@@ -56,6 +62,9 @@ class PioCounter:
         # keys the map can hold
         self.capacity = config.map_size if self._mode.per_vm else PORT_KEYS
         self._reader = MapReader()
+        # The Key parts (vm, tid) of a kernel key's VM id and thread.
+        self._mmio = MmioMaps(self._bpf, self._reader, config.by, config.latency,
+                              lambda vm, tid: self._key(0, vm, tid)) if config.mmio else None
         self._counts = self._bpf["counts"]
         self._dropped = self._bpf["dropped"]
         keys = self._bpf["slots"] if self._mode.per_vm else self._counts
@@ -149,12 +158,28 @@ class PioCounter:
             if comm and (key.vm, tid) not in self.comms:
                 self.comms[key.vm, tid] = comm.split(b"\0", 1)[0].decode(errors="replace")
         self.entries = len(counts)
+        if self._mmio:
+            counts.update(self._mmio.read(self.comms))
         evicted = Snapshot(self._evicted, 0, self._evicted_times)
+        dropped, drops = self._read_dropped()
         if not self.latency:
-            return Snapshot(counts, self._dropped[0].value) + evicted
-        return Snapshot(counts, self._dropped[0].value, self._read_times(slots),
-                        {name: self._untimed[i].value for i, name in enumerate(UNTIMED)}
-                        ) + evicted
+            return Snapshot(counts, dropped, drops=drops) + evicted
+        times = self._read_times(slots)
+        if self._mmio:
+            times.update(self._mmio.read_times())
+        return Snapshot(counts, dropped, times,
+                        {name: self._untimed[i].value for i, name in enumerate(UNTIMED)},
+                        drops) + evicted
+
+    def _read_dropped(self):
+        """(events dropped, {reason: events} with --mmio, else {})."""
+        drops = {name: self._dropped[i].value for i, name in enumerate(DROPPED)}
+        return sum(drops.values()), drops if self._mmio else {}
+
+    @property
+    def mmio_entries(self):
+        """MMIO keys in the kernel map at the last read, and those it can hold."""
+        return (self._mmio.entries, self._mmio.capacity) if self._mmio else (0, 0)
 
     def _read_times(self, slots):
         """Times per key. The time map is keyed as counts is indexed (by VM
@@ -248,6 +273,8 @@ class PioCounter:
                         t.windows, t.time_ns, t.max_ns, tuple(t.hist))
                     del self._times[self._times.Key(slot)]
             self._spare.push(self._spare.Leaf(slot))
+        if self._mmio:
+            self._mmio.evict(gone, self._evicted, self._evicted_times, self.comms)
         for vm in vms:
             del self._vms[self._vms.Key(vm)]
         return [self._procs.pop(vm) for vm in vms]
@@ -265,13 +292,14 @@ class PioCounter:
 
     def _tracepoints(self):
         """The tracepoints of counting and timing: raw ones by name, the
-        classic one as category:name. Without --latency, by VM,
+        classic ones as category:name. Without --latency, by VM,
         sched_process_exit stays attached to the end, so that a VM's exit
         is seen after detach too."""
-        tps = [b"kvm_pio" if self.attach_mode == "raw" else b"kvm:kvm_pio"]
+        counted = ["kvm_pio"] + (list(MMIO_TRACEPOINTS) if self._mmio else [])
+        tps = [tp if self.attach_mode == "raw" else f"kvm:{tp}" for tp in counted]
         if self.latency:
-            tps += [tp.encode() for tp in LATENCY_RAW_TRACEPOINTS]
-        return tps
+            tps += LATENCY_RAW_TRACEPOINTS
+        return [tp.encode() for tp in tps]
 
     def detach(self):
         """Stop counting; the maps stay readable for the final read."""

@@ -153,9 +153,10 @@ def _child(sock, config):
 
 def _loaded(config):
     """(message, fds): what `Loaded` is made of, of a program BCC loaded here."""
-    bcc, attach_mode = preflight.attach_mode(config.attach)
+    bcc, attach_mode = preflight.attach_mode(config.attach, config.mmio)
     bpf = program.load(bcc, program.cflags(attach_mode, config.by, config.map_size,
-                                           config.pids, config.latency))
+                                           config.pids, config.latency,
+                                           config.mmio and config.mmio_map_size))
     fds = []
 
     def index(fd):

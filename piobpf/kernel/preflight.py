@@ -10,6 +10,7 @@ from ..core.errors import TraceError, warn
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 RAW_ARGS = ["rw", "port", "size", "count"]     # TP_PROTO order the raw probe reads
+MMIO_RAW_ARGS = ["type", "len", "gpa"]          # and the raw kvm_mmio probe's (--mmio)
 ATTACH_MODES = ("auto", "raw", "classic")
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 
@@ -39,14 +40,15 @@ def find_tracefs():
                      "(mount -t tracefs nodev /sys/kernel/tracing failed)")
 
 
-def kvm_pio_fields(tracefs):
-    """The kvm:kvm_pio record's field names, in order, without common_*."""
-    path = os.path.join(tracefs, "events", "kvm", "kvm_pio", "format")
+def kvm_pio_fields(tracefs, event="kvm_pio"):
+    """The kvm:kvm_pio (or another kvm `event`) record's field names, in
+    order, without common_*."""
+    path = os.path.join(tracefs, "events", "kvm", event, "format")
     try:
         with open(path) as f:
             text = f.read()
     except FileNotFoundError:
-        raise TraceError("tracepoint kvm:kvm_pio not found: is the kvm module loaded? "
+        raise TraceError(f"tracepoint kvm:{event} not found: is the kvm module loaded? "
                          "(modprobe kvm_intel or kvm_amd)") from None
     except OSError as e:
         raise TraceError(f"cannot read {path}: {e.strerror}") from None
@@ -95,10 +97,19 @@ def import_bcc():
     return bcc
 
 
-def attach_mode(requested):
-    """Check everything tracing needs; returns (bcc, "raw" or "classic")."""
+def attach_mode(requested, mmio=False):
+    """Check everything tracing (with --mmio: kvm_mmio too) needs; returns
+    (bcc, "raw" or "classic")."""
     check_privileges()
-    fields = kvm_pio_fields(find_tracefs())
+    tracefs = find_tracefs()
+    fields = kvm_pio_fields(tracefs)
     bcc = import_bcc()
     check_headers()
-    return bcc, choose_attach(requested, fields, bcc.BPF.support_raw_tracepoint())
+    mode = choose_attach(requested, fields, bcc.BPF.support_raw_tracepoint())
+    if mmio:
+        kvm_pio_fields(tracefs, "kvm_fast_mmio")
+        found = kvm_pio_fields(tracefs, "kvm_mmio")
+        if mode == "raw" and found[:len(MMIO_RAW_ARGS)] != MMIO_RAW_ARGS:
+            raise TraceError(f"raw tracepoint kvm_mmio unusable here (argument layout {found} "
+                             "differs): use --attach classic")
+    return bcc, mode

@@ -33,6 +33,19 @@ MAX_THREADS = 16384                 # vCPU threads timed at once
 # a window longer than MAX_WINDOW_NS (a stopped VM, not emulation), no room
 # in the time maps, an exit already under way when tracing began.
 UNTIMED = ("too_long", "no_room", "open_at_start")
+# Why an event is not counted, slot by slot of the `dropped` array: its key
+# found no room in the count map (by VM or vCPU), or in the MMIO map.
+DROPPED = ("map_full", "mmio_map_full")
+# --mmio: keys of the MMIO hash by default; kvm_mmio's types counted
+# (KVM_TRACE_MMIO_READ, _WRITE; not _READ_UNSATISFIED, 0, the first half of
+# a read completed in user space); the bit of a key that says write (x86's
+# guest-physical addresses have at most 52).
+DEFAULT_MMIO_ENTRIES = 16384
+MMIO_READ, MMIO_WRITE = 1, 2
+MMIO_WRITE_BIT = 63
+MMIO_KEY_FIELDS = ("dirgpa", "vm", "tid")
+# The MMIO programs' tracepoints, raw or classic as kvm_pio's.
+MMIO_TRACEPOINTS = ("kvm_mmio", "kvm_fast_mmio")
 
 # The maps' structs as this package reads them. The counts are an array: by
 # port indexed by the key, by VM or vCPU by a slot that `slots` gives each key.
@@ -59,14 +72,19 @@ def source_path():
     raise TraceError("BPF program piobpf.bpf.c not found beside the package: reinstall piobpf")
 
 
-def cflags(attach, by, max_entries, filtering, latency):
-    """The -D flags of a build: every parameter has a numeric value, so
-    nothing given here can become C code."""
+def cflags(attach, by, max_entries, filtering, latency, mmio_entries=None):
+    """The -D flags of a build (with --mmio, `mmio_entries` MMIO keys): every
+    parameter has a numeric value, so nothing given here can become C code."""
     mode = MODES[by]
     flags = {"PIOBPF_PORT_KEYS": PORT_KEYS, "PIOBPF_MAX_ENTRIES": int(max_entries),
              "PIOBPF_MAX_PIDS": MAX_PIDS, "PIOBPF_FILTERING": int(bool(filtering)),
-             "PIOBPF_UNTIMED_SLOTS": len(UNTIMED)}
+             "PIOBPF_UNTIMED_SLOTS": len(UNTIMED), "PIOBPF_DROPPED_SLOTS": len(DROPPED)}
+    flags.update({f"PIOBPF_DROPPED_{name.upper()}": i for i, name in enumerate(DROPPED)})
     switches = list(mode.c_switches) + (["PIOBPF_CLASSIC"] if attach == "classic" else [])
+    if mmio_entries:
+        switches.append("PIOBPF_MMIO")
+        flags.update(PIOBPF_MMIO_ENTRIES=int(mmio_entries), PIOBPF_MMIO_READ=MMIO_READ,
+                     PIOBPF_MMIO_WRITE=MMIO_WRITE, PIOBPF_MMIO_WRITE_BIT=MMIO_WRITE_BIT)
     if mode.per_vm:
         flags.update(PIOBPF_MAX_VMS=min(MAX_VMS, int(max_entries)), PIOBPF_RECENT=RECENT,
                      PIOBPF_ARGS=ARGS, PIOBPF_RING_PAGES=RING_PAGES)

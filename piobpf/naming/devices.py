@@ -8,10 +8,14 @@ holds up counting or output: until a VM's map is in, its ports are named
 from the fallback table.
 
 A map is read when the VM is first seen, then again when its guest may have
-moved a BAR (it wrote PCI configuration data, ports 0xcfc-0xcff) and every
-REFRESH seconds (configuration through MMIO is not seen here), never more
-often than every MIN_GAP seconds. A VM is a process (a Proc), so a map is
-never taken for that of a new process with a recycled pid.
+moved a BAR (it wrote PCI configuration data, ports 0xcfc-0xcff), when
+(--mmio) it reached a guest-physical address that its last map left
+unassigned (a BAR placed by the firmware since: each such address asks
+once), and every REFRESH seconds (configuration through MMIO is not seen
+here), never more often than every MIN_GAP seconds. With --mmio the VM's
+memory map is parsed from the same answer as its I/O map: one query. A VM
+is a process (a Proc), so a map is never taken for that of a new process
+with a recycled pid.
 
 A monitor that is not the VM's own (monitor.NotOwn: a socket of another
 user or process, a libvirt domain whose pid file names another process) is
@@ -22,6 +26,7 @@ names, and it is asked again only after a backoff that doubles up to REFRESH,
 so a hostile or broken monitor cannot keep the workers from other VMs.
 """
 
+import contextlib
 import hashlib
 import os
 import queue
@@ -61,13 +66,19 @@ class Vm:
         self.retry_at = 0.0     # not asked again before (the backoff after a failure)
         self.answer = None      # digest of the last answer parsed,
         self.refused = None     # and why it gave no map (None: it gave `map`)
+        self.memory = None      # --mmio: the memory map of the last answer that had one
+        self.unknown = set()    # guest-physical addresses that asked for a read already
+        self.due = False        # one of them asks for a read now
 
 
 class VmmMaps:
-    """The I/O maps of QEMU processes (only `pids`, when given), read in the background."""
+    """The I/O maps (with `memory`, also the memory maps) of QEMU processes
+    (only `pids`, when given), read in the background."""
 
-    def __init__(self, pids=None, proc="/proc", timeout=TIMEOUT, clock=time.monotonic):
+    def __init__(self, pids=None, proc="/proc", timeout=TIMEOUT, clock=time.monotonic,
+                 memory=False):
         self._pids, self._proc, self._timeout, self._clock = pids, proc, timeout, clock
+        self.memory = memory
         self.vms = {}           # Proc -> Vm; kept after exit until forgotten, to name its ports
         self._known = set()     # every Proc looked at, VMM or not, while its pid runs
         self._queue = queue.SimpleQueue()
@@ -111,10 +122,13 @@ class VmmMaps:
 
     def refresh(self, snapshot):
         """Read again the maps that may have changed; `snapshot` holds the counts
-        of configuration writes (per VM with --by vm|vcpu, else of all VMs)."""
+        of configuration writes (per VM with --by vm|vcpu, else of all VMs)
+        and (--mmio) the guest-physical addresses reached."""
         per_vm, writes, total = False, {}, 0
         for key, c in snapshot.counts.items():
-            if key.direction == WRITE and key.port in CONFIG_DATA:
+            if space(key.port) == MMIO:
+                self._reached(key.port, key.vm)
+            elif key.direction == WRITE and key.port in CONFIG_DATA:
                 per_vm = key.vm is not None
                 if per_vm:
                     writes[key.vm] = writes.get(key.vm, 0) + c.events
@@ -125,11 +139,24 @@ class VmmMaps:
             if (vm.busy or now - vm.asked_at < MIN_GAP or now < vm.retry_at
                     or vm.proc not in self._known):
                 continue
-            if count != vm.writes or now - vm.asked_at >= REFRESH:
+            if count != vm.writes or vm.due or now - vm.asked_at >= REFRESH:
                 self._ask(vm, count)
 
+    def _reached(self, gpa, proc):
+        """An address of the guest of `proc` (by port: of any VM): one its
+        memory map leaves unassigned asks once for a new read."""
+        if proc is None:
+            vms = list(self.vms.values())
+        else:
+            vms = [self.vms[proc]] if proc in self.vms else []
+        for vm in vms:
+            if (vm.memory and gpa not in vm.unknown
+                    and vm.memory.lookup(gpa) == mtree.UNASSIGNED):
+                vm.unknown.add(gpa)
+                vm.due = True
+
     def _ask(self, vm, writes):
-        vm.busy, vm.asked_at, vm.writes = True, self._clock(), writes
+        vm.busy, vm.asked_at, vm.writes, vm.due = True, self._clock(), writes, False
         self._queue.put(vm)
 
     def _work(self):
@@ -153,6 +180,11 @@ class VmmMaps:
                     vm.map = mtree.parse(answer)
                 except ValueError as e:
                     vm.refused = str(e)
+                if self.memory and not vm.refused:
+                    # No memory space (not QEMU's answer as we know it): MMIO
+                    # keeps the fixed names; the ports have their map.
+                    with contextlib.suppress(ValueError):
+                        vm.memory = mtree.parse(answer, mtree.MEMORY)
             if vm.refused:
                 raise MonitorError(vm.refused)
         except MonitorError as e:
@@ -187,33 +219,37 @@ class VmmMaps:
                 return
             print(line, file=sys.stderr, flush=True)
 
-    def map_of(self, proc):
+    def map_of(self, proc, memory=False):
+        """The I/O map (with `memory`, the memory map) of a VM, if read."""
         vm = self.vms.get(proc)
-        return vm.map if vm else None
+        return (vm.memory if memory else vm.map) if vm else None
 
-    def maps(self):
-        return [vm.map for vm in list(self.vms.values()) if vm.map]
+    def maps(self, memory=False):
+        return [m for m in (vm.memory if memory else vm.map for vm in list(self.vms.values()))
+                if m]
 
 
 class DeviceNames:
-    """(device, source) of a port: the VM's map (`proc`), or the map every VM
-    agrees on (by port, no VM), else the fallback ioports `table`."""
+    """(device, source) of a port or a Gpa: the VM's map (`proc`), or the map
+    every VM agrees on (by port, no VM), else the fallback: the ioports
+    `table` for a port, the PC's fixed addresses (mmiomap) for a Gpa."""
 
     def __init__(self, table, source=HOST_IOPORTS, maps=None):
         self.table, self.source, self.maps = table, source, maps
 
     def __call__(self, port, proc=None):
-        if space(port) == MMIO:     # VMs' memory maps are not read yet: the PC's fixed table
-            return mmiomap.lookup(port), mmiomap.PC_FIXED
+        memory = space(port) == MMIO
         if self.maps:
             if proc is not None:
-                found = self.maps.map_of(proc)
+                found = self.maps.map_of(proc, memory)
                 if found:
                     return found.lookup(port), VMM
             else:
-                names = {m.lookup(port) for m in self.maps.maps()}
+                names = {m.lookup(port) for m in self.maps.maps(memory)}
                 if names:
                     return agreed(names), VMM
+        if memory:
+            return mmiomap.lookup(port), mmiomap.PC_FIXED
         return self.table.lookup(port), self.source
 
 

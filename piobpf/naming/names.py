@@ -46,10 +46,11 @@ class Names:
     @property
     def watch(self):
         """What a look each second must read: "all" of the map (keys per VM
-        say which VM wrote PCI configuration data), else only the keys that
-        may move a BAR, else nothing."""
+        say which VM wrote PCI configuration data; MMIO keys which addresses
+        the maps do not know), else only the keys that may move a BAR, else
+        nothing."""
         if self.maps:
-            return "all" if self.labeler else CONFIG_WRITES
+            return "all" if self.labeler or self.maps.memory else CONFIG_WRITES
         return ()
 
     def tick(self):
@@ -101,6 +102,7 @@ class NamingConfig:
     device_map: str = "auto"
     ioports: str = ioports.PROC_IOPORTS
     pids: tuple = ()
+    mmio: bool = False      # name guest-physical addresses from VMs' memory maps too
 
 
 def from_config(config, comms=None, known=None, cmdlines=None):
@@ -111,6 +113,7 @@ def from_config(config, comms=None, known=None, cmdlines=None):
     source = HOST_IOPORTS if config.ioports == ioports.PROC_IOPORTS else IOPORTS_FILE
     table = load_ioports(config.ioports)
     tracing = comms is not None
-    maps = VmmMaps(config.pids or None) if tracing and config.device_map == "auto" else None
+    maps = VmmMaps(config.pids or None, memory=config.mmio) \
+        if tracing and config.device_map == "auto" else None
     labeler = vms.labeler(config.by, comms, known, cmdlines) if tracing else None
     return Names(DeviceNames(table, source, maps), config.by, labeler, maps)

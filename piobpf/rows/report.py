@@ -4,14 +4,14 @@ names come from a names.Names or anything with its device and labels)."""
 from collections import defaultdict
 from dataclasses import dataclass
 
-from ..core.keys import READ
+from ..core.keys import MMIO, READ, space
 from ..core.snapshot import Counts, Times
 
 
 @dataclass(frozen=True)
 class Row:
     direction: str
-    port: int
+    port: int           # the address: a port, or a keys.Gpa for MMIO
     device: object      # str, or None when no map names the port
     device_source: str  # where `device` came from: devices.VMM, IOPORTS_FILE, HOST_IOPORTS
     events: int
@@ -27,6 +27,10 @@ class Row:
     def time_ns(self):
         return self.times.time_ns if self.times else 0
 
+    @property
+    def space(self):
+        return space(self.port)
+
 
 @dataclass(frozen=True)
 class Report:
@@ -38,6 +42,8 @@ class Report:
     latency: bool = False
     total_time_ns: int = 0      # over all rows, also those cut by `top`
     untimed: dict = None        # with latency: exits counted but not timed, by reason
+    mmio: bool = False          # rows say their space: --mmio, or MMIO rows among them
+    drops: dict = None          # with --mmio: dropped events by reason
 
     @property
     def rate(self):
@@ -48,9 +54,10 @@ SORTS = {"events": lambda r: r.events, "time": lambda r: r.time_ns}
 
 
 def make_report(snapshot, duration_s, naming, top=None, by="port", sort="events",
-                latency=False):
+                latency=False, mmio=False):
     """Rows sorted by `sort` (events, or time with --latency), most first;
-    ties by events, direction, then port.
+    ties by events, direction, space (ports first), then address. With
+    `mmio` (--mmio), or MMIO keys in the snapshot, rows say their space.
 
     With --by vm|vcpu (`naming.labels` gives the extra fields of a key) rows
     are grouped per VM or vCPU, busiest group first, `top` rows per group."""
@@ -66,8 +73,10 @@ def make_report(snapshot, duration_s, naming, top=None, by="port", sort="events"
                                                      g[0].tid or 0))
     rows = []
     for group in ordered:
-        group.sort(key=lambda r: (-weight(r), -r.events, r.direction != READ, r.port))
+        group.sort(key=lambda r: (-weight(r), -r.events, r.direction != READ,
+                                  r.space == MMIO, r.port))
         rows.extend(group[:top] if top else group)
+    mmio = mmio or any(space(key.port) == MMIO for key in snapshot.counts)
     return Report(duration_s, snapshot.total_events, snapshot.dropped, tuple(rows), by,
                   latency, sum(t.time_ns for t in snapshot.times.values()),
-                  snapshot.untimed if latency else None)
+                  snapshot.untimed if latency else None, mmio, snapshot.drops or None)

@@ -105,6 +105,11 @@ class Session:
         return self.counter.entries
 
     @property
+    def mmio_entries(self):
+        """With --mmio: (keys in the kernel's MMIO map at the last read, keys it can hold)."""
+        return self.counter.mmio_entries
+
+    @property
     def doorbells(self):
         """Fds that turn readable when a VM comes or goes: then `sync`."""
         return self.counter.doorbells
@@ -172,8 +177,8 @@ class Session:
         config = self.config
         start = last_t = time.monotonic()
         what = f"for {config.duration:g} s" if config.duration else "until Ctrl-C"
-        print(f"Tracing {describe(config.counter.by, config.counter.pids)} {what}... Ctrl-C to end.",
-              file=sys.stderr, flush=True)
+        counted = describe(config.counter.by, config.counter.pids, config.counter.mmio)
+        print(f"Tracing {counted} {what}... Ctrl-C to end.", file=sys.stderr, flush=True)
         never = float("inf")
         deadline = start + config.duration if config.duration else never
         report_at = start + config.interval if config.interval else never

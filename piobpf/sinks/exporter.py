@@ -13,7 +13,7 @@ import time
 from collections import defaultdict
 
 from ..core.errors import CliError
-from ..core.keys import LABELS, MODES
+from ..core.keys import IO, LABELS, MMIO, MODES, space
 from ..core.snapshot import Counts, Times
 
 try:
@@ -29,8 +29,9 @@ except ImportError:
 
 
 
-def labels(by):
-    return LABELS + MODES[by].labels
+def labels(by, where="port"):
+    """The labels of a mode's series: `where` names the address ("gpa" for MMIO)."""
+    return tuple(where if l == "port" else l for l in LABELS) + MODES[by].labels
 
 
 def label_values(key, naming):
@@ -49,14 +50,18 @@ def label_values(key, naming):
 # --latency: the exit-time histogram's buckets, upper bounds 2^FIRST_SLOT ns
 # (1 us) up, one per log2 slot of the kernel's; the slots below fold into the first.
 FIRST_SLOT = 10
+# Per address space: the series' prefix, the address label, what is counted.
+SERIES = {IO: "piobpf_pio", MMIO: "piobpf_mmio"}
+ADDRESS = {IO: "port", MMIO: "gpa"}
+WHAT = {IO: "port I/O", MMIO: "MMIO"}
 
 
-def exit_seconds(times, by):
+def exit_seconds(times, by, space=IO):
     """The --latency histogram family from {label values: Times}."""
     family = HistogramMetricFamily(
-        "piobpf_pio_exit_seconds", "How long port I/O exits keep the vCPU out of the guest: "
-        "from the exit to user space to the VMM's next KVM_RUN (or kvm_exit to kvm_entry "
-        "where those fire)", labels=labels(by))
+        SERIES[space] + "_exit_seconds", f"How long {WHAT[space]} exits keep the vCPU out of "
+        "the guest: from the exit to user space to the VMM's next KVM_RUN (or kvm_exit to "
+        "kvm_entry where those fire)", labels=labels(by, ADDRESS[space]))
     for values, t in sorted(times.items()):
         cumulative, buckets = 0, []
         for slot, n in enumerate(t.hist):
@@ -68,33 +73,65 @@ def exit_seconds(times, by):
     return family
 
 
-def families(snapshot, naming, max_entries, by="port", entries=None, latency=False):
-    """The metric families of a cumulative snapshot; `entries`: keys in the
-    kernel map now (default: the snapshot's keys)."""
-    # Keys can share labels (a vCPU thread replaced by one of the same name):
-    # their sum is still a counter, where two series of one name would clash.
-    summed, times = defaultdict(Counts), defaultdict(Times)
-    for key, c in snapshot.counts.items():
-        summed[label_values(key, naming)] += c
-    for key, t in snapshot.times.items():
-        times[label_values(key, naming)] += t
-    events = CounterMetricFamily("piobpf_pio_events", "kvm:kvm_pio events: guest port I/O "
-                                 "instructions that exit to the host", labels=labels(by))
-    nbytes = CounterMetricFamily("piobpf_pio_bytes", "Bytes of those events: access size "
-                                 "times count", labels=labels(by))
+COUNTED = {IO: ("kvm:kvm_pio events: guest port I/O instructions that exit to the host",
+                 "Bytes of those events: access size times count"),
+           MMIO: ("kvm:kvm_mmio (read, write) and kvm:kvm_fast_mmio events: guest MMIO "
+                  "accesses emulated by KVM or its VMM", "Bytes of those events: access "
+                  "size (0 for kvm_fast_mmio)")}
+
+
+def counted(summed, by, space):
+    """The events and bytes families of one address space."""
+    help_events, help_bytes = COUNTED[space]
+    events = CounterMetricFamily(SERIES[space] + "_events", help_events,
+                                 labels=labels(by, ADDRESS[space]))
+    nbytes = CounterMetricFamily(SERIES[space] + "_bytes", help_bytes,
+                                 labels=labels(by, ADDRESS[space]))
     for values, c in sorted(summed.items()):
         events.add_metric(values, c.events)
         nbytes.add_metric(values, c.bytes)
-    return [
-        events, nbytes,
-        CounterMetricFamily("piobpf_dropped_events", "Events not counted per key because "
-                            "the kernel map was full", value=snapshot.dropped),
+    return [events, nbytes]
+
+
+def dropped(snapshot):
+    """Events not counted; with --mmio by reason (kernel.program.DROPPED)."""
+    family = CounterMetricFamily(
+        "piobpf_dropped_events", "Events not counted per key because the kernel map was full",
+        **({"labels": ("reason",)} if snapshot.drops else {"value": snapshot.dropped}))
+    for reason, n in snapshot.drops.items():
+        family.add_metric((reason,), n)
+    return family
+
+
+def families(snapshot, naming, max_entries, by="port", entries=None, latency=False,
+             mmio=None):
+    """The metric families of a cumulative snapshot; `entries`: keys in the
+    kernel map now (default: the snapshot's keys); `mmio` (--mmio): the
+    MMIO map's (entries, max entries)."""
+    # Keys can share labels (a vCPU thread replaced by one of the same name):
+    # their sum is still a counter, where two series of one name would clash.
+    summed = {IO: defaultdict(Counts), MMIO: defaultdict(Counts)}
+    times = {IO: defaultdict(Times), MMIO: defaultdict(Times)}
+    for key, c in snapshot.counts.items():
+        summed[space(key.port)][label_values(key, naming)] += c
+    for key, t in snapshot.times.items():
+        times[space(key.port)][label_values(key, naming)] += t
+    spaces = (IO, MMIO) if mmio else (IO,)
+    out = [family for s in spaces for family in counted(summed[s], by, s)] + [
+        dropped(snapshot),
         GaugeMetricFamily("piobpf_map_entries", "Entries in use in the kernel map (by VM or "
                           "vCPU, the keys of exited VMs leave it)",
-                          value=len(snapshot.counts) if entries is None else entries),
+                          value=sum(space(k.port) == IO for k in snapshot.counts)
+                          if entries is None else entries),
         GaugeMetricFamily("piobpf_map_max_entries", "Keys the kernel map can hold",
                           value=max_entries),
-    ] + ([exit_seconds(times, by)] if latency else [])
+    ]
+    if mmio:
+        out += [GaugeMetricFamily("piobpf_mmio_map_entries", "Entries in use in the kernel's "
+                                  "MMIO map (the keys of exited VMs leave it)", value=mmio[0]),
+                GaugeMetricFamily("piobpf_mmio_map_max_entries", "Keys the kernel's MMIO map "
+                                  "can hold (--mmio-map-size)", value=mmio[1])]
+    return out + ([exit_seconds(times[s], by, s) for s in spaces] if latency else [])
 
 
 class PioCollector(Collector):
@@ -105,8 +142,8 @@ class PioCollector(Collector):
     forgotten; not before a VM of the same pid and name is, as their labels
     are the same: one series, the sum, which must never go back."""
 
-    def __init__(self, session, retention, latency=False):
-        self._session, self.retention, self.latency = session, retention, latency
+    def __init__(self, session, retention, latency=False, mmio=False):
+        self._session, self.retention, self.latency, self.mmio = session, retention, latency, mmio
         self._lock = threading.Lock()
 
     def _sync(self):
@@ -132,7 +169,7 @@ class PioCollector(Collector):
             self._sync()
             snapshot = s.read()
             return families(snapshot, s.naming, s.capacity, s.naming.by, s.entries,
-                            self.latency)
+                            self.latency, s.mmio_entries if self.mmio else None)
 
     def close(self):
         """Wait for a scrape under way; later ones find nothing (the map is going)."""

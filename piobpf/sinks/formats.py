@@ -8,10 +8,13 @@ from collections import Counter
 from tabulate import tabulate
 
 from ..naming.devices import HOST_IOPORTS, IOPORTS_FILE, VMM
-from ..core.keys import MODES, READ
+from ..naming.mmiomap import PC_FIXED
+from ..core.keys import IO, MMIO, MODES, READ
 
 FORMATS = ("table", "json", "csv", "seed")
 CSV_FIELDS = ["direction", "port", "device", "device_source", "events", "bytes"]
+# With --mmio (or MMIO rows): the space first, and a port's or a gpa's cell.
+CSV_MMIO_FIELDS = ["space", "direction", "port", "gpa"] + CSV_FIELDS[2:]
 # With --latency; hist_ns is "LOW:COUNT ..." for each filled log2 bucket.
 CSV_TIME_FIELDS = ["time_ns", "windows", "avg_ns", "max_ns", "hist_ns"]
 
@@ -20,7 +23,8 @@ CSV_TIME_FIELDS = ["time_ns", "windows", "avg_ns", "max_ns", "hist_ns"]
 # by their VM's own map, when a table mixes sources.
 SOURCES = {VMM: ("", "the VM's own device model (QEMU monitor)"),
            IOPORTS_FILE: ("+", "the --ioports file"),
-           HOST_IOPORTS: ("*", "the host's /proc/ioports")}
+           HOST_IOPORTS: ("*", "the host's /proc/ioports"),
+           PC_FIXED: ("#", "the PC's fixed MMIO addresses")}
 _CONTROL = dict.fromkeys(list(range(32)) + [127])
 
 
@@ -39,6 +43,20 @@ def vm_label(row):
 
 def vcpu_label(row):
     return f"vCPU {row.vcpu}" if row.vcpu is not None else f"tid {row.tid}"
+
+
+def address(row):
+    """A row's port (0x03fd) or guest-physical address (0xfebc0000), in hex."""
+    return f"{row.port:#010x}" if row.space == MMIO else f"{row.port:#06x}"
+
+
+def dropped_text(report):
+    """How many events were dropped, and (with --mmio) from which map."""
+    drops = report.drops or {}
+    if not drops:
+        return f"{report.dropped_events} dropped (map full)"
+    return (f"{report.dropped_events} dropped (map full: {drops.get('map_full', 0)} port I/O, "
+            f"{drops.get('mmio_map_full', 0)} MMIO)")
 
 
 def device_column(report):
@@ -99,12 +117,16 @@ def _untimed_line(report):
 
 def table(report):
     lead, lead_cells = _group_columns(report)
-    headers = lead + ["DIR", "PORT", "DEVICE", "EVENTS", "%", "EVENTS/s", "BYTES"]
+    if report.mmio:
+        lead, lead_cells = lead + ["SPACE"], [c + [r.space] for c, r in zip(lead_cells,
+                                                                             report.rows)]
+    headers = lead + ["DIR", "ADDRESS" if report.mmio else "PORT", "DEVICE", "EVENTS", "%",
+                      "EVENTS/s", "BYTES"]
     if report.latency:
         headers += ["TIME", "TIME%", "AVG", "MAX"]
     total, dur = report.total_events, report.duration_s
     devices, footnote = device_column(report)
-    body = [cells + [r.direction, f"{r.port:#06x}", device, r.events,
+    body = [cells + [r.direction, address(r), device, r.events,
                      f"{100.0 * r.events / total:.1f}" if total else "0.0",
                      f"{r.events / dur:.1f}" if dur > 0 else "-", r.bytes]
             + (_time_cells(r, report.total_time_ns) if report.latency else [])
@@ -113,7 +135,7 @@ def table(report):
     if report.latency:
         summary += f", {duration(report.total_time_ns)} out of the guests"
     if report.dropped_events:
-        summary += f", {report.dropped_events} dropped (map full)"
+        summary += f", {dropped_text(report)}"
     if not body:
         return summary + "\n" + _untimed_line(report)
     left = len(lead) + 3
@@ -127,12 +149,22 @@ def _time_fields(t):
             "max_ns": t.max_ns if t.windows else None}
 
 
+def _address_fields(report, r):
+    """A row's direction and address; with --mmio (or MMIO rows) its space
+    first, and an MMIO row's address as "gpa"."""
+    if not report.mmio:
+        return {"direction": r.direction, "port": r.port}
+    return {"space": r.space, "direction": r.direction,
+            ("gpa" if r.space == MMIO else "port"): int(r.port)}
+
+
 def to_dict(report):
     out = {
         "duration_s": round(report.duration_s, 6),
         "total_events": report.total_events,
         "dropped_events": report.dropped_events,
-        "rows": [{"direction": r.direction, "port": r.port, "device": r.device,
+        **({"dropped": report.drops} if report.drops else {}),
+        "rows": [{**_address_fields(report, r), "device": r.device,
                   "device_source": r.device_source, "events": r.events, "bytes": r.bytes,
                   **({**_time_fields(r.times), "hist_ns": [
                       {"low_ns": lo, "high_ns": hi, "count": n}
@@ -158,14 +190,18 @@ def csv_text(report, header=True, elapsed=None):
     extra = MODES[report.by].fields
     times = CSV_TIME_FIELDS if report.latency else []
     if header:
-        w.writerow(lead + CSV_FIELDS + times + list(extra))
+        w.writerow(lead + (CSV_MMIO_FIELDS if report.mmio else CSV_FIELDS) + times + list(extra))
     for r in report.rows:
         at = [] if elapsed is None else [f"{elapsed:.3f}"]
         timed = []
         if report.latency:
             timed = ["" if v is None else v for v in _time_fields(r.times).values()]
             timed.append(" ".join(f"{lo}:{n}" for lo, _, n in hist_buckets(r.times.hist)))
-        w.writerow(at + [r.direction, f"{r.port:#x}", r.device or "", r.device_source,
+        where = [r.direction, f"{r.port:#x}"]
+        if report.mmio:
+            where = [r.space, r.direction] + (["", where[1]] if r.space == MMIO
+                                               else [where[1], ""])
+        w.writerow(at + where + [r.device or "", r.device_source,
                          r.events, r.bytes] + timed
                    + ["" if getattr(r, f) is None else getattr(r, f) for f in extra])
     return buf.getvalue()
@@ -180,10 +216,12 @@ def seed(report):
     """The seed's `awk -f pio_calculate.awk | sort -nk 2 -r`, byte for byte.
 
     sort -r breaks ties on the whole line, reversed (LC_ALL=C order). Rows of
-    --by vm|vcpu are summed per port, as the awk has no notion of VMs."""
+    --by vm|vcpu are summed per port, as the awk has no notion of VMs; MMIO
+    rows are left out, as the awk reads kvm_pio lines only."""
     events = Counter()
     for r in report.rows:
-        events[seed_label(r.direction, r.port)] += r.events
+        if r.space == IO:
+            events[seed_label(r.direction, r.port)] += r.events
     lines = ["%-16.16s %d\n" % item for item in events.items()]
     return "".join(sorted(lines, key=lambda l: (int(l.rsplit(" ", 1)[1]), l.encode()),
                           reverse=True))

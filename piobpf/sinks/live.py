@@ -18,7 +18,7 @@ from tabulate import tabulate
 
 from . import formats
 from ..rows.report import make_report
-from ..core.keys import MODES, READ, describe
+from ..core.keys import MMIO, MODES, READ, describe
 from ..core.snapshot import Snapshot
 
 SORTS = ("rate", "total", "time")    # time with --latency only
@@ -46,9 +46,9 @@ def key(row):
 
 
 def matches(row, text):
-    """The filter: the port in hex (3fd, 0x3fd), or part of the VM's or device's name."""
+    """The filter: the port or gpa in hex (3fd, 0x3fd), or part of the VM's or device's name."""
     try:
-        if int(text, 16) == row.port:
+        if int(text, 16) == int(row.port):   # a Gpa equals no plain int
             return True
     except ValueError:
         pass
@@ -72,7 +72,7 @@ class View:
     def named(self, snapshot):
         """Named rows; the report's duration goes unused (rates are the last interval's)."""
         return make_report(snapshot, 0.0, self.session.naming, by=self.config.by,
-                           latency=self.config.latency)
+                           latency=self.config.latency, mmio=self.config.mmio)
 
     def capture(self):
         since = self.named(self.whole - self.base)
@@ -164,25 +164,29 @@ class View:
             r, rate, _ = x
             first = {"rate": (-rate, -r.events), "total": (-r.events, -rate),
                      "time": (-r.time_ns, -rate)}[self.sort]
-            return first + (r.direction != READ, r.port, r.pid or 0, r.tid or 0)
+            return first + (r.direction != READ, r.space == MMIO, r.port, r.pid or 0, r.tid or 0)
         rows = sorted((x for x in f.rows if not self.filter or matches(x[0], self.filter)),
                       key=order)
         state = [f"sort: {self.sort}"] + (["PAUSED"] if self.paused else []) \
             + ([f"filter: {formats.printable(self.filter)}"] if self.filter else [])
-        head = [f"piobpf {f.clock}  {describe(self.config.by, self.config.pids)}",
+        head = [f"piobpf {f.clock}  {describe(self.config.by, self.config.pids, self.config.mmio)}",
                 f"{f.rate:.1f} events/s   {f.total} events since {f.since}   "
                 f"{f.dropped} dropped   " + "   ".join(state), ""]
         foot = [f.footnote, KEYS if self.typing is None else PROMPT + self.typing]
         height = self.scr.getmaxyx()[0]
         room = max(0, height - len(head) - len(foot) - 2)   # 2: column names and their rule
         timed = ["TIME", "AVG"] if self.config.latency else []
-        body = [[formats.vm_label(r), formats.vcpu_label(r)][:len(lead)]
-                + [r.direction, f"{r.port:#06x}", device, f"{rate:.1f}", r.events,
+        spaces = self.config.mmio
+        lead += ["SPACE"] * spaces
+        body = [[formats.vm_label(r), formats.vcpu_label(r)][:len(lead) - spaces]
+                + [r.space] * spaces
+                + [r.direction, formats.address(r), device, f"{rate:.1f}", r.events,
                    f"{100.0 * r.events / f.total:.1f}" if f.total else "0.0"]
                 + ([formats.duration(r.times.time_ns), formats.duration(formats.avg_ns(r.times))]
                    if timed and r.times.windows else ["-"] * len(timed))
                 for r, rate, device in rows[:min(room, self.top or room)]]
-        table = tabulate(body, lead + ["DIR", "PORT", "DEVICE", "EVENTS/s", "TOTAL", "%"] + timed,
+        table = tabulate(body, lead + ["DIR", "ADDRESS" if spaces else "PORT", "DEVICE",
+                                       "EVENTS/s", "TOTAL", "%"] + timed,
                          tablefmt="simple", disable_numparse=True,
                          # tabulate 0.8 fails on alignments for an empty body
                          colalign=(("left",) * (len(lead) + 3) + ("right",) * (3 + len(timed)))

@@ -37,9 +37,9 @@ class Printer:
     `failed` makes the exit status non-zero."""
 
     def __init__(self, out, fmt, top, naming, by="port", on_failure=None, sort="events",
-                 latency=False):
+                 latency=False, mmio=False):
         self.out, self.fmt, self.top, self.naming, self.by = out, fmt, top, naming, by
-        self.sort, self.latency = sort, latency
+        self.sort, self.latency, self.mmio = sort, latency, mmio
         self.on_failure = on_failure
         self.started = time.monotonic()
         self.count = 0
@@ -47,7 +47,7 @@ class Printer:
 
     def emit(self, snapshot, duration, interval=False):
         report = make_report(snapshot, duration, self.naming, self.top, self.by, self.sort,
-                             self.latency)
+                             self.latency, self.mmio)
         if self.fmt == "json":
             text = formats.json_line(report)
         elif self.fmt == "csv":
@@ -60,7 +60,9 @@ class Printer:
             text = ("\n" if self.count else "") + stamp + formats.table(report)
         self.count += 1
         self._write(text)
-        if report.dropped_events:
+        if report.drops and report.dropped_events:
+            warn(f"{formats.dropped_text(report)}: see --map-size and --mmio-map-size")
+        elif report.dropped_events:
             warn(f"{report.dropped_events} events dropped: the kernel map was full")
 
     def _write(self, text):

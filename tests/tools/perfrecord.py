@@ -1,4 +1,5 @@
-"""Start `perf record -e kvm:kvm_pio -a` and return once it records.
+"""Start `perf record -e kvm:kvm_pio -a` (or other events) and return once
+it records.
 
 For the tests and the benchmark, which run perf beside piobpf on one
 workload. perf starts disabled (-D -1) with a control FIFO; its ack of
@@ -13,14 +14,16 @@ import subprocess
 import time
 
 
-def start(data, timeout=60.0):
-    """perf record writing to `data` (its folder holds the FIFOs), recording."""
+def start(data, timeout=60.0, events=("kvm:kvm_pio",)):
+    """perf record of `events` writing to `data` (its folder holds the
+    FIFOs), recording."""
     folder = os.path.dirname(os.path.abspath(data))
     ctl, ack = os.path.join(folder, "ctl"), os.path.join(folder, "ack")
     os.mkfifo(ctl)
     os.mkfifo(ack)
     proc = subprocess.Popen(["perf", "record", "-q", "-D", "-1", "--control",
-                             f"fifo:{ctl},{ack}", "-e", "kvm:kvm_pio", "-a", "-o", data],
+                             f"fifo:{ctl},{ack}", *(a for e in events for a in ("-e", e)),
+                             "-a", "-o", data],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
     try:
