@@ -118,18 +118,19 @@ def values(result):
 @needs_tracing
 def test_every_dashboard_query_returns_data(running, prometheus):  # noqa: F811
     # 0x3fd's exits each wait 200 us in the guest's VMM: some 4 s of exits,
-    # timed by --latency, across several scrapes.
-    busy = HeldGuest("r:0x3fd:1:20000", "w:0x3f8:1:100", name="dash-vm",
+    # timed by --latency, across several scrapes; and MMIO reads for --mmio's panel.
+    busy = HeldGuest("r:0x3fd:1:20000", "w:0x3f8:1:100", "mr:0xfebc0000:4:500", name="dash-vm",
                      args=["--delay", "0x3fd:200"])
     # Four ports into a map of two keys: events dropped, for real.
     full = HeldGuest("w:0x80:1:10", "w:0x70:1:10", "r:0x71:1:10", "r:0x61:1:10", name="full-vm")
     running += [busy.proc, full.proc]
-    exporter = Exporter(running, "--by", "vm", "--latency", "-p", str(busy.pid))
+    exporter = Exporter(running, "--by", "vm", "--latency", "--mmio", "-p", str(busy.pid))
     dropping = Exporter(running, "--by", "vm", "--map-size", "2", "-p", str(full.pid))
     url = prometheus(exporter.target, dropping.target, rules=[RULES])
-    # Both scraped once before any event: increase() sees the drops from 0.
-    wait_for("a first scrape of both", lambda: values(api(
-        url, "query", query='count(piobpf_dropped_events_total{job="piobpf"} == 0)')) == [2])
+    # Both scraped once before any event: increase() sees the drops from 0
+    # (with --mmio, a series per reason).
+    both = 'count(count by (instance) (piobpf_dropped_events_total{job="piobpf"} == 0))'
+    wait_for("a first scrape of both", lambda: values(api(url, "query", query=both)) == [2])
     for g in (busy, full):
         g.start()
     for g in (busy, full):
