@@ -21,7 +21,8 @@ def test_bench_smoke_produces_its_figures(tmp_path):
     before = f"piobpf --latency @{head}"
     assert [(p["program"], p["workload"]) for p in r["paired"]] == [
         ("piobpf", "in-kernel exits"), ("piobpf --latency", "in-kernel exits"),
-        ("piobpf --latency", "user-space exits"), (before, "user-space exits")]
+        ("piobpf --latency", "user-space exits"), ("piobpf --mmio", "in-kernel MMIO"),
+        (before, "user-space exits")]
     for p in r["paired"]:
         assert p["blocks"] == len(p["diffs"]) >= 6
         lo, hi = p["ci95"]
