@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from piobpf.naming import ioports
-from piobpf.naming import names
-from tools import perfrecord
+from piobpf.naming import ioports, names
 from piobpf.naming.devices import HOST_IOPORTS, DeviceNames
+from tools import perfrecord
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable

@@ -7,9 +7,8 @@ import pytest
 
 from helpers import assert_one_line, run_piobpf
 from piobpf.core.keys import Gpa, Key
-from piobpf.offline import compare
-from piobpf.offline import results
 from piobpf.core.snapshot import Counts, Snapshot
+from piobpf.offline import compare, results
 from test_perfscript import EXPECTED, FIXTURES, MMIO_EXPECTED
 
 PERF = str(FIXTURES / "perf-default.txt")

@@ -6,12 +6,12 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from helpers import fixed_naming
-from piobpf.core.keys import Key, Proc
-from piobpf.sinks import exporter
-from piobpf.naming import vms
 from piobpf.cli.args import parse_args
 from piobpf.core.errors import CliError
+from piobpf.core.keys import Key, Proc
 from piobpf.core.snapshot import Counts, Snapshot
+from piobpf.naming import vms
+from piobpf.sinks import exporter
 
 NAMES = {0x3fd: "serial", 0x3f8: "serial"}
 

@@ -4,9 +4,9 @@ import json
 
 from helpers import awk_pipeline, fixed_naming
 from piobpf.core.keys import Key
-from piobpf.sinks import formats
-from piobpf.rows.report import make_report
 from piobpf.core.snapshot import Counts, Snapshot
+from piobpf.rows.report import make_report
+from piobpf.sinks import formats
 
 SNAP = Snapshot({Key("read", 0x3fd): Counts(9994, 9994), Key("read", 0x3fb): Counts(4, 4),
                  Key("write", 0x20): Counts(1, 1), Key("write", 0x21): Counts(1, 1),

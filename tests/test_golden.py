@@ -11,12 +11,11 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from helpers import REPO, fixed_naming, run_piobpf
-from piobpf.sinks import exporter
-from piobpf.sinks import formats
-from piobpf.naming import vms
-from piobpf.rows.report import make_report
 from piobpf.core.keys import Gpa, Key, Proc
 from piobpf.core.snapshot import Counts, Snapshot, Times
+from piobpf.naming import vms
+from piobpf.rows.report import make_report
+from piobpf.sinks import exporter, formats
 
 GOLDEN = REPO / "tests" / "golden"
 PERF = str(REPO / "tests" / "fixtures" / "perf-default.txt")

@@ -13,8 +13,7 @@ from types import SimpleNamespace
 from helpers import ScriptedGuest, around_all, needs_tracing
 from piobpf.core.keys import Gpa, Key
 from piobpf.core.snapshot import Counts
-from piobpf.naming import devices
-from piobpf.naming import mtree
+from piobpf.naming import devices, mtree
 from qemuvm import QemuVM, firmware_events, virtio_net
 
 pytestmark = needs_tracing

@@ -12,11 +12,10 @@ import pytest
 
 from helpers import HeldGuest, Traced, around, by_key, needs_tracing, run_guest
 from piobpf.core.keys import Key
-from piobpf.sinks import exporter
-from piobpf.sinks import formats
+from piobpf.core.snapshot import Times
 from piobpf.kernel.counter import CounterConfig, PioCounter
 from piobpf.kernel.program import HIST_SLOTS, MAX_WINDOW_NS
-from piobpf.core.snapshot import Times
+from piobpf.sinks import exporter, formats
 
 DELAY_US = 500
 

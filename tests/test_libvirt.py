@@ -27,9 +27,7 @@ from xml.etree import ElementTree
 import pytest
 
 from helpers import HeldGuest, Traced, free_port, needs_tracing
-from piobpf.naming import monitor
-from piobpf.naming import mtree
-from piobpf.naming import qemucmd
+from piobpf.naming import monitor, mtree, qemucmd
 from piobpf.naming.qemucmd import Monitor
 from test_unit import Service, by_pid_port, env_file, scrape, source_unit
 

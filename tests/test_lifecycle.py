@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 
 from helpers import ENV, GUEST, PY, HeldGuest, Traced, needs_tracing
-from piobpf.naming import devices
 from piobpf.core.keys import Proc
+from piobpf.naming import devices
 from test_names import fake_proc
 from tools.memory import rss_kb
 from test_prometheus import (Exporter, get, prometheus, running, targets,  # noqa: F401

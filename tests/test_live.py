@@ -16,12 +16,12 @@ import pytest
 from helpers import (ENV, GUEST, MIXED, MIXED_EXPECTED, PY, HeldGuest, assert_one_line, fixed_naming,
                      needs_tracing, piobpf_cmd, run)
 from piobpf.core.keys import Key
-from piobpf.naming import ioports
+from piobpf.core.snapshot import Counts, Snapshot
 from piobpf.kernel.counter import CounterConfig
+from piobpf.naming import ioports
 from piobpf.naming.names import NamingConfig
 from piobpf.run.session import RunConfig
 from piobpf.sinks import live
-from piobpf.core.snapshot import Counts, Snapshot
 
 DEADLINE = 30       # seconds for anything to show on the screen
 WIDTH, HEIGHT = 150, 40

@@ -2,11 +2,10 @@ import json
 
 from helpers import fixed_naming
 from piobpf.core.keys import Gpa, Key, Proc
-from piobpf.naming import mmiomap
-from piobpf.sinks import formats
-from piobpf.naming import vms
-from piobpf.rows.report import make_report
 from piobpf.core.snapshot import Counts, Snapshot
+from piobpf.naming import mmiomap, vms
+from piobpf.rows.report import make_report
+from piobpf.sinks import formats
 
 
 def test_vcpu_index():

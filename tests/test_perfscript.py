@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from piobpf.core.keys import Gpa, Key
-from piobpf.offline import perfscript
 from piobpf.core.snapshot import Counts
+from piobpf.offline import perfscript
 
 FIXTURES = Path(__file__).parent / "fixtures"
 EXPECTED = {Key("read", 0x3fd): Counts(3, 3), Key("write", 0x3f8): Counts(2, 4),

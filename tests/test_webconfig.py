@@ -19,8 +19,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from helpers import assert_one_line, free_port, make_certs, run_piobpf
-from piobpf.sinks import httpserver
-from piobpf.sinks import webconfig
+from piobpf.sinks import httpserver, webconfig
 from test_httpserver import GET, WAIT, Gauge, answer, closed
 
 PASSWORD = "s3cret"

@@ -5,17 +5,16 @@ import ipaddress
 import sys
 
 from .. import __version__
-from ..offline import compare
-from ..sinks import formats
-from ..naming import ioports
-from ..naming import vms
 from ..core.errors import CliError
 from ..core.keys import MODES
 from ..kernel.counter import CounterConfig
 from ..kernel.preflight import ATTACH_MODES
 from ..kernel.program import DEFAULT_MAX_ENTRIES, DEFAULT_MMIO_ENTRIES, MAX_PIDS
+from ..naming import ioports, vms
 from ..naming.names import DEVICE_MAPS, NamingConfig
+from ..offline import compare
 from ..run.session import RunConfig
+from ..sinks import formats
 
 DEFAULT_RETENTION = 300.0   # seconds --prometheus serves an exited VM's final counts
 

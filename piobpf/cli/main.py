@@ -11,14 +11,12 @@ import io
 import os
 import sys
 
-from ..offline import compare
-from . import live
-from ..naming import names
-from ..offline import perfscript
-from ..offline import results
-from .args import naming_config, parse_args, run_config
 from ..core.errors import CliError, TraceError, warn
+from ..naming import names
+from ..offline import compare, perfscript, results
 from ..sinks.printer import Printer, open_output
+from . import live
+from .args import naming_config, parse_args, run_config
 
 
 def open_input(path):

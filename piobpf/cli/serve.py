@@ -4,10 +4,10 @@ import contextlib
 import sys
 import threading
 
-from ..sinks.exporter import PioCollector, listen, where
 from ..core.keys import describe
-from .args import run_config
 from ..run.session import Session
+from ..sinks.exporter import PioCollector, listen, where
+from .args import run_config
 
 
 def run(args):

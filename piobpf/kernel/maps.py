@@ -13,7 +13,7 @@ import struct
 
 from ..core.errors import TraceError
 from . import syscalls
-from .syscalls import ElemAttr, BatchAttr, address, bpf
+from .syscalls import BatchAttr, ElemAttr, address, bpf
 
 BATCH = 4096        # map entries a batch lookup syscall reads
 ENOTSUPP = 524      # the kernel's own "not supported", absent from Python's errno

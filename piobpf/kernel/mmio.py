@@ -5,7 +5,7 @@ The counter (counter.py) merges them into its Snapshots as Keys whose
 address is a Gpa, and moves an exited VM's keys out as it does its ports'.
 """
 
-from ..core.keys import MODES, READ, WRITE, Gpa, Key
+from ..core.keys import Gpa, Key, MODES, READ, WRITE
 from ..core.snapshot import Counts, Times
 from .program import LEAF_FIELDS, MMIO_KEY_FIELDS, MMIO_WRITE_BIT, TIME_FIELDS, layout
 

@@ -34,12 +34,8 @@ import sys
 import threading
 import time
 
-from . import mmiomap
-from . import monitor
-from . import mtree
-from . import vms
-from . import qemucmd
-from ..core.keys import MMIO, WRITE, Key, space
+from ..core.keys import Key, MMIO, WRITE, space
+from . import mmiomap, monitor, mtree, qemucmd, vms
 from .monitor import MonitorError
 
 VMM, IOPORTS_FILE, HOST_IOPORTS = "vmm", "ioports-file", "host-ioports"

@@ -4,10 +4,9 @@ which sources of names a run uses."""
 
 from dataclasses import dataclass
 
-from . import ioports
-from . import vms
-from .devices import CONFIG_WRITES, HOST_IOPORTS, IOPORTS_FILE, DeviceNames, VmmMaps
 from ..core.errors import CliError, warn
+from . import ioports, vms
+from .devices import CONFIG_WRITES, DeviceNames, HOST_IOPORTS, IOPORTS_FILE, VmmMaps
 
 DEVICE_MAPS = ("auto", "host")
 

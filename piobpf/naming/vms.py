@@ -10,8 +10,8 @@ come and go.
 import os
 import re
 
-from .qemucmd import qemu_name
 from ..core.keys import MODES, Proc
+from .qemucmd import qemu_name
 
 _VCPU = re.compile(r"^CPU (\d+)/KVM$")
 KVM_VM_FD = "anon_inode:kvm-vm"     # what a VMM's VM file descriptor links to

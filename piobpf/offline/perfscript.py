@@ -39,7 +39,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 
-from ..core.keys import READ, WRITE, Gpa, Key
+from ..core.keys import Gpa, Key, READ, WRITE
 from ..core.snapshot import Counts, Snapshot
 
 # size and count are %d of 32-bit fields: at most 10 digits.

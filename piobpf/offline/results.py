@@ -6,9 +6,9 @@ import reprlib
 from collections import defaultdict
 from dataclasses import dataclass
 
-from . import perfscript
-from ..core.keys import IO, MMIO, Gpa, Key
+from ..core.keys import Gpa, IO, Key, MMIO
 from ..core.snapshot import Counts, Snapshot
+from . import perfscript
 
 
 @dataclass

@@ -15,13 +15,12 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from ..kernel.counter import CounterConfig, PioCounter
-from ..naming import names
-from ..naming.names import NamingConfig
-from ..naming import vms
 from ..core.errors import warn
 from ..core.keys import MODES, describe
 from ..core.snapshot import Snapshot
+from ..kernel.counter import CounterConfig, PioCounter
+from ..naming import names, vms
+from ..naming.names import NamingConfig
 
 SECOND = 1.0
 

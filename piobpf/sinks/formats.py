@@ -7,9 +7,9 @@ from collections import Counter
 
 from tabulate import tabulate
 
+from ..core.keys import IO, MMIO, MODES, READ
 from ..naming.devices import HOST_IOPORTS, IOPORTS_FILE, VMM
 from ..naming.mmiomap import PC_FIXED
-from ..core.keys import IO, MMIO, MODES, READ
 
 FORMATS = ("table", "json", "csv", "seed")
 CSV_FIELDS = ["direction", "port", "device", "device_source", "events", "bytes"]

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from tabulate import tabulate
 
-from . import formats
-from ..rows.report import make_report
 from ..core.keys import MMIO, MODES, READ, describe
 from ..core.snapshot import Snapshot
+from ..rows.report import make_report
+from . import formats
 
 SORTS = ("rate", "total", "time")    # time with --latency only
 KEYS = "q quit  s sort  p pause  r reset  g filter"

@@ -4,9 +4,9 @@ import contextlib
 import sys
 import time
 
-from . import formats
 from ..core.errors import CliError, warn
 from ..rows.report import make_report
+from . import formats
 
 
 @contextlib.contextmanager
