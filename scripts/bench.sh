@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The overhead benchmark: piobpf against the floor (an empty BPF program) in
 # paired runs, to an interval: by port on in-kernel exits, --latency on those
-# and on user-space exits; bpftrace and perf record against adjacent untraced
-# runs; ns/event, start-up and memory.
+# and on user-space exits, --mmio on in-kernel MMIO; bpftrace and perf record
+# against adjacent untraced runs; ns/event, start-up and memory.
 # Usage: sudo scripts/bench.sh [-o FILE] [--budget B] [--min-s S] [--max-s S]
 #        [--run-s S] [--rounds N] [--ops N] [--syscalls N] [--before REV]
 #        [--sweep S,S,...] [--smoke]
