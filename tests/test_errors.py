@@ -3,10 +3,11 @@
 import json
 import signal
 import subprocess
+import time
 
 import pytest
 
-from helpers import (MIXED, MIXED_EXPECTED, PY, REPO, HeldGuest, Traced, around,
+from helpers import (ENV, MIXED, MIXED_EXPECTED, PY, REPO, HeldGuest, Traced, around,
                      assert_one_line, by_key, needs_tracing, piobpf_cmd, readable_env, run)
 
 
@@ -162,3 +163,18 @@ def test_mounting_tracefs_is_said():
     assert out.returncode == 0, out.stderr
     assert out.stderr.splitlines()[0] == ("piobpf: mounted tracefs on /sys/kernel/tracing "
                                           "(it was not mounted); it stays mounted")
+
+
+@needs_tracing
+def test_ctrl_c_while_it_loads_is_one_line():
+    # SIGINT while the modules load (after the interpreter's own start-up):
+    # nothing counted yet, so one line and 130, or, a moment later, the run's
+    # (empty) table; never a traceback.
+    proc = subprocess.Popen(piobpf_cmd("-d", "5"), env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    assert (proc.returncode, out, err) == (130, "", "piobpf: interrupted\n") or \
+        proc.returncode == 0, (proc.returncode, out, err)

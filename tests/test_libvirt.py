@@ -27,7 +27,7 @@ from xml.etree import ElementTree
 import pytest
 
 from helpers import HeldGuest, Traced, free_port, needs_tracing
-from piobpf.naming import monitor, mtree, qemucmd
+from piobpf.naming import monitor, mtree, qemucmd, vms
 from piobpf.naming.qemucmd import Monitor
 from test_unit import Service, by_pid_port, env_file, scrape, source_unit
 
@@ -241,7 +241,7 @@ def test_find_monitor_on_a_libvirt_command_line(booted):
 
 def test_map_read_through_libvirt_names_the_nic_by_its_alias(booted):
     alias = booted.dumpxml().find("devices/interface/alias").get("name")
-    answer = monitor.ask(qemucmd.find_monitor(booted.argv), booted.pid, timeout=30)
+    answer = monitor.ask(qemucmd.find_monitor(booted.argv), vms.process(booted.pid), timeout=30)
     start, end, owner = io_devices(answer)["e1000-io"]
     assert owner == alias
     io = mtree.parse(answer)
@@ -284,7 +284,7 @@ def test_a_domain_named_as_another_ones_id_is_asked_for_its_own_map(booted, doma
                   xml=DOMAIN_XML.replace("<memballoon", "<serial type='null'/><memballoon"))
     alias = dom.dumpxml().find("devices/serial/alias").get("name")
     assert mtree.parse(booted.hmp(monitor.QUERY)).lookup(0x3f8) == mtree.UNASSIGNED
-    answer = monitor.ask(qemucmd.find_monitor(dom.argv), dom.pid, timeout=30)
+    answer = monitor.ask(qemucmd.find_monitor(dom.argv), vms.process(dom.pid), timeout=30)
     assert mtree.parse(answer).lookup(0x3f8) == f"serial {alias}"
 
 

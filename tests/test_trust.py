@@ -20,7 +20,8 @@ import time
 import pytest
 
 from helpers import HeldGuest, ScriptedGuest, Traced, around_all, by_key, needs_tracing
-from piobpf.naming import ioports
+from piobpf.core.keys import Proc
+from piobpf.naming import ioports, monitor, qemucmd, vms
 from qemuvm import QemuVM, e1000, firmware_events, virtio_net
 
 pytestmark = needs_tracing
@@ -209,3 +210,22 @@ def test_a_user_with_only_these_capabilities_traces(user, tmp_path, caps):
                        f"{vm.monitor_path}): cannot connect: Permission denied; its ports "
                        f"are named from the ioports table\n")
         assert bar == [(ioports.load(str(saved)).lookup(0xC040), "ioports-file")]
+
+
+@needs_tracing
+def test_a_vmm_whose_pid_is_another_process_by_now_is_sent_nothing(tmp_path):
+    # A VMM serving its own QMP socket, asked as the process that had its pid
+    # before (another start time): what a recycled pid looks like. Asked as
+    # itself, it answers.
+    path = str(tmp_path / "own.sock")
+    g = ScriptedGuest(["r:0x3fd:1:1"], path, QMP)
+    try:
+        mon = qemucmd.find_monitor(["qemu", "-qmp", f"unix:{path},server=on"])
+        me = vms.process(g.pid)
+        with pytest.raises(monitor.NotOwn, match=f"pid {g.pid} is not the VMM any more"):
+            monitor.ask(mon, Proc(me.pid, me.start - 1), timeout=5)
+        assert g.connections(by=os.getpid()) == [0]     # connected, not a byte sent
+        assert monitor.ask(mon, me, timeout=5)
+        assert len(g.connections(by=os.getpid())) == 2
+    finally:
+        g.end()

@@ -93,8 +93,11 @@ class VmmMaps:
             p = vms.process(pid, self._proc)
             if p:
                 self.see(p)
-        # Forget exited processes, so that a VMM reusing a pid is still found.
+        # Forget exited processes, so that a VMM reusing a pid is still found;
+        # a VMM's pid may already be another process's (or -p's pid recycled).
         gone = {p for p in self._known if p.pid not in pids}
+        gone |= {p for p in self.vms if p in self._known and p not in gone
+                 and vms.start_time(p.pid, self._proc) != p.start}
         self._known -= gone
         return [p for p in gone if p in self.vms]
 
@@ -167,7 +170,7 @@ class VmmMaps:
 
     def _read(self, vm):
         try:
-            answer = monitor.ask(vm.monitor, vm.proc.pid, self._timeout)
+            answer = monitor.ask(vm.monitor, vm.proc, self._timeout)
             # An unchanged answer (most re-reads) keeps its outcome: no parse.
             digest = hashlib.sha256(answer.encode(errors="replace")).digest()
             if digest != vm.answer:

@@ -27,6 +27,8 @@ import subprocess
 import time
 from xml.etree import ElementTree
 
+from . import vms
+
 QUERY = "info mtree -f -o"
 LIBVIRT_URI = "qemu:///system"
 LIBVIRT_RUN = "/run/libvirt/qemu"   # qemu:///system's state: NAME.pid and NAME.xml per domain
@@ -66,7 +68,8 @@ class _Conn:
     before connecting (a root-only socket of another service is never even
     connected to); the listener's pid (SO_PEERCRED) after, before a byte."""
 
-    def __init__(self, address, pid, deadline):
+    def __init__(self, address, proc, deadline):
+        pid = proc.pid
         self.deadline, self.buf = deadline, b""
         uid = _euid(pid)
         base = "root" if address.startswith("/") else "cwd"
@@ -94,6 +97,9 @@ class _Conn:
                 socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
             if peer != pid:
                 raise NotOwn(f"{said} is not the VMM's own (served by pid {peer})")
+            # The pid, and so the peer, may be another process's by now.
+            if vms.start_time(pid) != proc.start:
+                raise NotOwn(f"{said}: pid {pid} is not the VMM any more")
         except OSError as e:
             self.sock.close()
             raise MonitorError(f"cannot connect: {e.strerror or e}") from None
@@ -216,8 +222,10 @@ def _libvirt_uuid(name, pid):
     return uuid.strip()
 
 
-def _ask_libvirt(name, pid, timeout):
-    domain = _libvirt_uuid(name, pid)
+def _ask_libvirt(name, proc, timeout):
+    domain = _libvirt_uuid(name, proc.pid)
+    if vms.start_time(proc.pid) != proc.start:     # the pid file names a new process
+        raise NotOwn(f"libvirt domain {plain(name)}: pid {proc.pid} is not the VMM any more")
     try:
         out = subprocess.run(["virsh", "-q", "-c", LIBVIRT_URI, "qemu-monitor-command",
                               "--hmp", domain, QUERY], capture_output=True, text=True,
@@ -232,12 +240,13 @@ def _ask_libvirt(name, pid, timeout):
     return out.stdout
 
 
-def ask(monitor, pid, timeout):
-    """The answer to QUERY of the monitor of process `pid`; MonitorError when
-    none, NotOwn (nothing sent) when the monitor is not that process's own."""
+def ask(monitor, proc, timeout):
+    """The answer to QUERY of the monitor of process `proc` (a Proc: a pid
+    recycled for another process is not it); MonitorError when none, NotOwn
+    (nothing sent) when the monitor is not that process's own."""
     if monitor.protocol == "libvirt":
-        return _ask_libvirt(monitor.address, pid, timeout)
-    conn = _Conn(monitor.address, pid, time.monotonic() + timeout)
+        return _ask_libvirt(monitor.address, proc, timeout)
+    conn = _Conn(monitor.address, proc, time.monotonic() + timeout)
     try:
         return _ask_qmp(conn) if monitor.protocol == "qmp" else _ask_hmp(conn)
     except (ValueError, OSError) as e:   # not JSON, a reset connection
