@@ -199,6 +199,16 @@ class ScriptedGuest(HeldGuest):
                 found[-1] = int(value)
         return found
 
+    def served(self, by, count, timeout=10):
+        """connections(by) once `count` of them have ended (the VMM logs a
+        connection as it serves it, after the client may have gone)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.connections(by)
+            if (len(found) >= count and None not in found) or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
+
 
 class Traced:
     """A piobpf process, started and attached (its 'Tracing...' or 'Serving...' line

@@ -224,8 +224,8 @@ def test_a_vmm_whose_pid_is_another_process_by_now_is_sent_nothing(tmp_path):
         me = vms.process(g.pid)
         with pytest.raises(monitor.NotOwn, match=f"pid {g.pid} is not the VMM any more"):
             monitor.ask(mon, Proc(me.pid, me.start - 1), timeout=5)
-        assert g.connections(by=os.getpid()) == [0]     # connected, not a byte sent
+        assert g.served(os.getpid(), 1) == [0]      # connected, not a byte sent
         assert monitor.ask(mon, me, timeout=5)
-        assert len(g.connections(by=os.getpid())) == 2
+        assert len(g.served(os.getpid(), 2)) == 2
     finally:
         g.end()
