@@ -7,6 +7,14 @@
 // here, reported, never hidden; a slot a reason (PIOBPF_DROPPED_*).
 BPF_ARRAY(dropped, u64, PIOBPF_DROPPED_SLOTS);
 
+#if defined(PIOBPF_KEY_TGID) || defined(PIOBPF_MMIO)
+// 0 until user space has filled the spare slots and sets 1: nothing is
+// counted before. By VM, bumped (by 2: odd, never 0) when a VM exits: every
+// CPU's recent slots are then stale, so none outlives the process it was
+// for (its pid may be recycled next).
+BPF_ARRAY(epoch, u32, 1);
+#endif
+
 #ifndef PIOBPF_KEY_TGID
 // By port the key space is small and fixed: an array indexed by the key,
 // which the verifier turns into pointer arithmetic (no hashing, half the
@@ -22,11 +30,6 @@ BPF_HASH(slots, struct pio_key, u32, PIOBPF_MAX_ENTRIES);   // key -> slot
 BPF_STACK(spare, u32, PIOBPF_MAX_ENTRIES);                  // free slots, from user space
 BPF_HASH(running, u32, u32, PIOBPF_MAX_VMS);                // tgid -> VM id, while it runs
 BPF_HASH(vms, u32, struct vm, PIOBPF_MAX_VMS);              // VM id -> process, until evicted
-// Bumped (by 2: odd, never 0) when a VM exits: every CPU's recent slots are
-// then stale, so none outlives the process it was for (its pid may be
-// recycled next). 0 until user space has filled spare and sets 1: nothing
-// is counted before.
-BPF_ARRAY(epoch, u32, 1);
 BPF_PERCPU_ARRAY(recent, struct recent, PIOBPF_RECENT);
 // A VM came or went: wakes user space, which then reads vms. A VM that goes
 // rings its tgid; one that comes, what names it (struct arrival), read in its
@@ -55,9 +58,14 @@ BPF_ARRAY(kvm_exit_fires, u8, 1);
 #endif
 
 #ifdef PIOBPF_MMIO
-// MMIO addresses are a sparse 64-bit space: a bounded hash of keys
-// (--mmio-map-size), its counts found by hashing on every event.
-BPF_HASH(mmio_counts, struct mmio_key, struct pio_counts, PIOBPF_MMIO_ENTRIES);
+// MMIO addresses are a sparse 64-bit space: a bounded hash gives each key
+// (--mmio-map-size of them) a slot of counts, and each CPU remembers the
+// slots of its recent keys, as by VM: most events count by array index,
+// without hashing (which cost 30 ns an event more here, 2026-12-06).
+BPF_ARRAY(mmio_counts, struct pio_counts, PIOBPF_MMIO_ENTRIES);    // indexed by slot
+BPF_HASH(mmio_slots, struct mmio_key, u32, PIOBPF_MMIO_ENTRIES);   // key -> slot
+BPF_STACK(mmio_spare, u32, PIOBPF_MMIO_ENTRIES);                   // free slots, from user space
+BPF_PERCPU_ARRAY(mmio_recent, struct mmio_recent, PIOBPF_RECENT);
 #ifdef PIOBPF_LATENCY
 BPF_HASH(mmio_times, struct mmio_key, struct pio_time, PIOBPF_MMIO_ENTRIES);
 #endif

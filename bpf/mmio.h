@@ -1,5 +1,5 @@
 // --mmio: guest MMIO counted per (direction, gpa), by VM with the VM's id
-// (vmkeys.h), by vCPU also the thread, in the bounded hash mmio_counts.
+// (vmkeys.h), by vCPU also the thread: each key a slot of mmio_counts.
 //
 // kvm:kvm_mmio fires for MMIO that KVM emulates: READ for a read done in
 // the kernel, or completed by user space on the next KVM_RUN, which fired
@@ -13,14 +13,12 @@
 static __always_inline bool mmio_key_of(struct mmio_key *key, u64 dg)
 {
     u64 id = bpf_get_current_pid_tgid();
-    if (!TRACED(id >> 32))
-        return false;
-    key->dirgpa = dg;
-#ifdef PIOBPF_KEY_TGID
     u32 zero = 0;
     u32 *e = epoch.lookup(&zero);
-    if (!e || !*e)
-        return false;   // not started: no VM gets an id before user space is ready
+    if (!e || !*e || !TRACED(id >> 32))
+        return false;   // not started: no VM gets an id, no key a slot, before user space is ready
+    key->dirgpa = dg;
+#ifdef PIOBPF_KEY_TGID
     u32 *vm = vm_of(id >> 32);
     if (!vm) {
         count_dropped(PIOBPF_DROPPED_MMIO_MAP_FULL);
@@ -34,30 +32,73 @@ static __always_inline bool mmio_key_of(struct mmio_key *key, u64 dg)
     return true;
 }
 
-// The counts of `key`, made on its first access; 0 when the map is full.
-static __always_inline struct pio_counts *mmio_counts_of(struct mmio_key *key)
+// The slot of `key`'s counts, or a spare one it takes now; 0 when every
+// slot is taken. (As vmkeys.h's slot_of: BCC takes no map as an argument.)
+static __always_inline u32 *mmio_slot_of(struct mmio_key *key)
 {
-    struct pio_counts *c = mmio_counts.lookup(key);
-    if (c)
-        return c;
-    struct pio_counts zero = {};
+    u32 *slot = mmio_slots.lookup(key);
+    if (slot)
+        return slot;
+    u32 fresh;
+    if (mmio_spare.pop(&fresh))
+        return 0;
 #ifdef PIOBPF_KEY_TID
-    bpf_get_current_comm(&zero.comm, sizeof(zero.comm));
+    struct pio_counts *c = mmio_counts.lookup(&fresh);
+    if (c)
+        bpf_get_current_comm(&c->comm, sizeof(c->comm));
 #endif
-    mmio_counts.insert(key, &zero);     // fails when full, or another CPU's came first
-    c = mmio_counts.lookup(key);
-    if (!c)
+    if (mmio_slots.insert(key, &fresh))
+        mmio_spare.push(&fresh, 0);     // another CPU gave the key a slot first
+    return mmio_slots.lookup(key);
+}
+
+// The slot of this access's counts: this CPU's recent one, else the key's
+// (mmio_key_of). False when it is not counted (then, when for want of
+// room, counted as dropped).
+static __always_inline bool mmio_slot(u32 *slot, u64 dg)
+{
+    u64 id = bpf_get_current_pid_tgid();
+#if defined(PIOBPF_KEY_TID)
+    u64 thread = id;
+#elif defined(PIOBPF_KEY_TGID)
+    u64 thread = id >> 32 << 32;
+#else
+    // By address every thread shares a key; with -p the process is
+    // remembered too, so that a process filtered out never hits.
+    u64 thread = PIOBPF_FILTERING ? id >> 32 << 32 : 0;
+#endif
+    u32 way = ((u32)(dg >> 2) ^ (u32)(thread >> 32) ^ (u32)thread) % PIOBPF_RECENT, zero = 0;
+    struct mmio_recent *r = mmio_recent.lookup(&way);
+    u32 *e = epoch.lookup(&zero);
+    if (!r || !e || !*e)
+        return false;   // not started (so entries of epoch 0 match nothing)
+    u32 now = *e;
+    if (r->thread == thread && r->dirgpa == dg && r->epoch == now) {
+        *slot = r->slot;
+        return true;
+    }
+    struct mmio_key key = {};
+    if (!mmio_key_of(&key, dg))
+        return false;
+    u32 *s = mmio_slot_of(&key);
+    if (!s) {
         count_dropped(PIOBPF_DROPPED_MMIO_MAP_FULL);
-    return c;
+        return false;
+    }
+    *slot = r->slot = *s;
+    r->thread = thread;
+    r->dirgpa = dg;
+    r->epoch = now;
+    return true;
 }
 
 static __always_inline void count_mmio(u32 write, u64 gpa, u32 len)
 {
-    struct mmio_key key = {};
-    if (!mmio_key_of(&key, dirgpa(write, gpa)))
+    u32 slot;
+    if (!mmio_slot(&slot, dirgpa(write, gpa)))
         return;
-    struct pio_counts *c = mmio_counts_of(&key);
-    if (!c)
+    struct pio_counts *c = mmio_counts.lookup(&slot);
+    if (!c)         // never: slots are below the array's size
         return;
     __sync_fetch_and_add(&c->events, 1);
     __sync_fetch_and_add(&c->bytes, len);

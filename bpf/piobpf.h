@@ -37,19 +37,29 @@ static __always_inline u32 dirport(u32 rw, u32 port)
 
 #ifdef PIOBPF_MMIO
 #if !defined(PIOBPF_MMIO_ENTRIES) || !defined(PIOBPF_MMIO_READ) || !defined(PIOBPF_MMIO_WRITE) \
-    || !defined(PIOBPF_MMIO_WRITE_BIT) || !defined(PIOBPF_DROPPED_MMIO_MAP_FULL)
+    || !defined(PIOBPF_MMIO_WRITE_BIT) || !defined(PIOBPF_DROPPED_MMIO_MAP_FULL) \
+    || !defined(PIOBPF_RECENT)
 #error "compile through piobpf/kernel/program.py, which defines the MMIO parameters"
 #endif
 // PIOBPF_MMIO_ENTRIES: MMIO keys (--mmio-map-size); PIOBPF_MMIO_READ and
 // _WRITE: kvm_mmio's types counted (its unsatisfied-read is the first half
 // of a read that user space completes); PIOBPF_MMIO_WRITE_BIT: the bit of
-// a key's dirgpa that says write (guest-physical addresses are narrower).
+// a key's dirgpa that says write (guest-physical addresses are narrower);
+// PIOBPF_RECENT: a CPU's remembered keys, as by VM.
 
 // An MMIO count's key: as struct pio_key, with a guest-physical address.
 struct mmio_key {
     u64 dirgpa;     // direction << PIOBPF_MMIO_WRITE_BIT | gpa
     u32 vm;
     u32 tid;
+};
+
+// A CPU's memory of the slot of a recent MMIO key.
+struct mmio_recent {
+    u64 thread;     // as struct recent's; by address the process only with -p, else 0
+    u64 dirgpa;
+    u32 slot;
+    u32 epoch;      // valid while epoch[0] is this
 };
 
 static __always_inline u64 dirgpa(u32 write, u64 gpa)

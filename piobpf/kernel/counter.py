@@ -20,6 +20,7 @@ from .mmio import MmioMaps
 from .program import (ARRIVAL_FIELDS, DROPPED, INDEX, KEY_FIELDS, LATENCY_RAW_TRACEPOINTS,
                       LEAF_FIELDS, MMIO_TRACEPOINTS, PORT_KEYS, TIME_FIELDS, UNTIMED, VM_FIELDS,
                       layout)
+from .slots import SlotMaps
 
 TICK_NS = 10**9 // os.sysconf("SC_CLK_TCK")    # the unit of /proc/PID/stat's start time
 
@@ -67,9 +68,9 @@ class PioCounter:
                               lambda vm, tid: self._key(0, vm, tid)) if config.mmio else None
         self._counts = self._bpf["counts"]
         self._dropped = self._bpf["dropped"]
-        keys = self._bpf["slots"] if self._mode.per_vm else self._counts
-        self._kfmt = layout(keys.Key, KEY_FIELDS[config.by])
-        self._vfmt = layout(self._counts.Leaf, LEAF_FIELDS[config.by])
+        if not self._mode.per_vm:
+            self._kfmt = layout(self._counts.Key, KEY_FIELDS[config.by])
+            self._vfmt = layout(self._counts.Leaf, LEAF_FIELDS[config.by])
         if config.latency:
             self._times, self._pending = self._bpf["times"], self._bpf["pending"]
             self._untimed = self._bpf["untimed"]
@@ -87,24 +88,23 @@ class PioCounter:
             for pid in config.pids:
                 table[table.Key(pid)] = table.Leaf(1)
         if self._mode.per_vm:
-            self._start_vms(config.map_size)
+            self._start_vms()
+        if self._mode.per_vm or self._mmio:
+            # Every slot is given: the program may count from now on.
+            epoch = self._bpf["epoch"]
+            epoch[epoch.Key(0)] = epoch.Leaf(1)
 
-    def _start_vms(self, max_entries):
-        """By VM or vCPU: give the program every slot of counts, then start it."""
-        self._slots, self._vms = self._bpf["slots"], self._bpf["vms"]
-        self._spare = self._bpf["spare"]
-        self._ifmt = layout(self._counts.Key, INDEX)
-        self._sfmt = layout(self._slots.Leaf, INDEX)
+    def _start_vms(self):
+        """By VM or vCPU: give the program every slot of counts; hear of VMs."""
+        self._slots = SlotMaps(self._bpf, self._reader, "", KEY_FIELDS[self.by],
+                               LEAF_FIELDS[self.by])
+        self._vms = self._bpf["vms"]
+        self._sfmt = layout(self._vms.Key, INDEX)
         self._mfmt = layout(self._vms.Leaf, VM_FIELDS)
         self._procs = {}        # VM id -> Proc, of the VMs in the kernel's table
-        # Slot 0 on top: keys take the low slots, so reads stop early. (A
-        # syscall a slot: stacks have no batch update.)
-        self._spare.fill(range(max_entries - 1, -1, -1))
         self._afmt = layout(self._bpf["arrivals"].Leaf, ARRIVAL_FIELDS)
         self._ring = RingBuffer(self._bpf["doorbell"], self._rang)
         self.doorbells = [self._ring.fd]
-        epoch = self._bpf["epoch"]
-        epoch[epoch.Key(0)] = epoch.Leaf(1)
 
     def _rang(self, record):
         """A ring: a VM's arrival keeps what names it; the rest (a VM's
@@ -123,17 +123,15 @@ class PioCounter:
         """(dirport, vm, tid, events, bytes, comm) for every key counted.
 
         By port the counts are an array indexed by dirport; by VM or vCPU an
-        array of slots, `slots` giving each slot's key (`_slot_keys`).
+        array of slots, `slots` giving each slot's key (SlotMaps.keys).
         Values are struct pio_counts (`layout`)."""
         no_comm = () if self._mode.per_thread else (b"",)
         if not self._mode.per_vm:
             for (dirport,), value in self._reader.rows(self._counts, self._kfmt, self._vfmt):
                 yield (dirport, 0, 0) + value + no_comm
             return
-        for (slot,), value in self._reader.rows(self._counts, self._ifmt, self._vfmt,
-                                         max(slots, default=-1) + 1):
-            if slot in slots:
-                yield slots[slot] + value + no_comm
+        for key, value in self._slots.rows(slots):
+            yield key + value + no_comm
 
     def _key(self, dirport, vm, tid):
         """The Key of a kernel key's fields."""
@@ -148,7 +146,7 @@ class PioCounter:
     def read(self):
         """The cumulative counts now: the kernel map's, plus the final counts
         of exited VMs moved out of it and not yet forgotten."""
-        slots = self._slot_keys() if self._mode.per_vm else None    # read once for both maps
+        slots = self._slots.keys() if self._mode.per_vm else None   # read once for both maps
         counts = {}
         for dirport, vm, tid, events, nbytes, comm in self._entries(slots):
             if not events:
@@ -209,10 +207,6 @@ class PioCounter:
 
     # The lifecycle of VMs, by VM or vCPU.
 
-    def _slot_keys(self):
-        """{slot: (dirport, vm, tid)} of every key in the kernel map."""
-        return {slot: key for key, (slot,) in self._reader.rows(self._slots, self._kfmt, self._sfmt)}
-
     def _vm_table(self):
         """{VM id: exited} of the kernel's VM table; learns each one's process
         and, from the ring, what names it (cmdlines)."""
@@ -249,30 +243,20 @@ class PioCounter:
         process that gets the pid next is a new VM with keys of its own).
         Their slots go back to spare, zeroed."""
         gone = set(vms)
-        keys = {slot: key for slot, key in self._slot_keys().items() if key[1] in gone}
-        for slot, (dirport, vm, tid) in keys.items():
-            c = self._counts[self._counts.Key(slot)]
-            key = self._key(dirport, vm, tid)
-            self._evicted[key] = self._evicted.get(key, Counts()) + Counts(c.events, c.bytes)
-            if self._mode.per_thread and (key.vm, tid) not in self.comms:
-                self.comms[key.vm, tid] = c.comm.decode(errors="replace")
-        if keys:
-            doomed = (self._slots.Key * len(keys))(*(self._slots.Key(*k) for k in keys.values()))
-            if self._reader.batch:
-                self._slots.items_delete_batch(doomed)
-            else:
-                for k in doomed:
-                    del self._slots[k]
-        for slot in keys:
-            self._counts[self._counts.Key(slot)] = self._counts.Leaf()
-            if self.latency:    # its exit windows are closed too: its threads are gone
+        keys = {slot: key for slot, key in self._slots.keys().items() if key[1] in gone}
+        if self.latency:    # first, while no other key can have the slot
+            for slot, ids in keys.items():
                 t = self._times.get(self._times.Key(slot))
-                if t:
-                    key = self._key(*keys[slot])
+                if t:   # its exit windows are closed too: its threads are gone
+                    key = self._key(*ids)
                     self._evicted_times[key] = self._evicted_times.get(key, Times()) + Times(
                         t.windows, t.time_ns, t.max_ns, tuple(t.hist))
                     del self._times[self._times.Key(slot)]
-            self._spare.push(self._spare.Leaf(slot))
+        for (dirport, vm, tid), counts, comm in self._slots.take_back(keys):
+            key = self._key(dirport, vm, tid)
+            self._evicted[key] = self._evicted.get(key, Counts()) + counts
+            if self._mode.per_thread and (key.vm, tid) not in self.comms:
+                self.comms[key.vm, tid] = comm
         if self._mmio:
             self._mmio.evict(gone, self._evicted, self._evicted_times, self.comms)
         for vm in vms:

@@ -1,5 +1,6 @@
-"""--mmio's maps in a loaded program: the MMIO counts (and with --latency
-times) per (direction, gpa), by VM with the VM's id, by vCPU the thread.
+"""--mmio's maps in a loaded program: the MMIO counts, a slot a key
+(slots.py), and with --latency times, per (direction, gpa), by VM with the
+VM's id, by vCPU the thread.
 
 The counter (counter.py) merges them into its Snapshots as Keys whose
 address is a Gpa, and moves an exited VM's keys out as it does its ports'.
@@ -8,6 +9,7 @@ address is a Gpa, and moves an exited VM's keys out as it does its ports'.
 from ..core.keys import Gpa, Key, MODES, READ, WRITE
 from ..core.snapshot import Counts, Times
 from .program import LEAF_FIELDS, MMIO_KEY_FIELDS, MMIO_WRITE_BIT, TIME_FIELDS, layout
+from .slots import SlotMaps
 
 WRITE_FLAG = 1 << MMIO_WRITE_BIT
 
@@ -24,15 +26,13 @@ class MmioMaps:
     VM id and thread (the counter's, which knows the VMs)."""
 
     def __init__(self, bpf, reader, by, latency, owner):
-        self._reader, self._owner = reader, owner
+        self._owner = owner
         self._threads = MODES[by].per_thread     # counts carry the thread's name
-        self._counts = bpf["mmio_counts"]
-        self._kfmt = layout(self._counts.Key, MMIO_KEY_FIELDS)
-        self._vfmt = layout(self._counts.Leaf, LEAF_FIELDS[by])
+        self._slots = SlotMaps(bpf, reader, "mmio_", MMIO_KEY_FIELDS, LEAF_FIELDS[by])
         self._times = bpf["mmio_times"] if latency else None
         if latency:
             layout(self._times.Leaf, TIME_FIELDS)   # read by field name: checked only
-        self.capacity = self._counts.max_entries
+        self.capacity = self._slots.capacity
         self.entries = 0        # keys in the map at the last read
 
     def key(self, dirgpa, vm, tid):
@@ -43,12 +43,13 @@ class MmioMaps:
         """{Key: Counts} of the map; thread names (by vCPU) into `comms`,
         {(Proc, tid): name}, where not known yet."""
         counts = {}
-        for (dirgpa, vm, tid), value in self._reader.rows(self._counts, self._kfmt, self._vfmt):
+        keys = self._slots.keys()
+        for (dirgpa, vm, tid), value in self._slots.rows(keys):
             key = self.key(dirgpa, vm, tid)
             counts[key] = Counts(*value[:2])
             if self._threads and (key.vm, tid) not in comms:
                 comms[key.vm, tid] = value[2].split(b"\0", 1)[0].decode(errors="replace")
-        self.entries = len(counts)
+        self.entries = len(keys)
         return counts
 
     def read_times(self):
@@ -61,13 +62,12 @@ class MmioMaps:
         """Move the keys of these exited VMs (kernel ids) out of the maps,
         adding their final Counts and Times into `counts` and `times`, and
         (by vCPU) the names of their threads into `comms`."""
-        for k in [k for k in self._counts.keys() if k.vm in vms]:
-            c = self._counts[k]
-            key = self.key(k.dirgpa, k.vm, k.tid)
-            counts[key] = counts.get(key, Counts()) + Counts(c.events, c.bytes)
-            if self._threads and (key.vm, k.tid) not in comms:
-                comms[key.vm, k.tid] = c.comm.decode(errors="replace")
-            del self._counts[k]
+        gone = {slot: k for slot, k in self._slots.keys().items() if k[1] in vms}
+        for (dirgpa, vm, tid), final, comm in self._slots.take_back(gone):
+            key = self.key(dirgpa, vm, tid)
+            counts[key] = counts.get(key, Counts()) + final
+            if self._threads and (key.vm, tid) not in comms:
+                comms[key.vm, tid] = comm
         if self._times is not None:
             for k in [k for k in self._times.keys() if k.vm in vms]:
                 t = self._times[k]

@@ -18,7 +18,7 @@ PORT_KEYS = 2 * 65536               # every (direction, port): the array by port
 DEFAULT_MAX_ENTRIES = PORT_KEYS     # keys by VM or vCPU
 MAX_PIDS = 1024                     # processes -p can name: the pids map's size
 MAX_VMS = 16384     # VMM processes counted at once by VM or vCPU (at most --map-size)
-RECENT = 64         # keys whose counts' slot each CPU remembers, by VM or vCPU
+RECENT = 64         # keys whose counts' slot each CPU remembers, by VM or vCPU, and MMIO's
 # A new VM's ring: its process, name and the first ARGS bytes of its command
 # line (QEMU's -name, even of libvirt's long ones, comes early), in a ring of
 # RING_PAGES pages: room for dozens of such VMs between two drains.
@@ -36,7 +36,7 @@ UNTIMED = ("too_long", "no_room", "open_at_start")
 # Why an event is not counted, slot by slot of the `dropped` array: its key
 # found no room in the count map (by VM or vCPU), or in the MMIO map.
 DROPPED = ("map_full", "mmio_map_full")
-# --mmio: keys of the MMIO hash by default; kvm_mmio's types counted
+# --mmio: MMIO keys (and slots of counts) by default; kvm_mmio's types counted
 # (KVM_TRACE_MMIO_READ, _WRITE; not _READ_UNSATISFIED, 0, the first half of
 # a read completed in user space); the bit of a key that says write (x86's
 # guest-physical addresses have at most 52).
@@ -85,8 +85,10 @@ def cflags(attach, by, max_entries, filtering, latency, mmio_entries=None):
         switches.append("PIOBPF_MMIO")
         flags.update(PIOBPF_MMIO_ENTRIES=int(mmio_entries), PIOBPF_MMIO_READ=MMIO_READ,
                      PIOBPF_MMIO_WRITE=MMIO_WRITE, PIOBPF_MMIO_WRITE_BIT=MMIO_WRITE_BIT)
+    if mmio_entries or mode.per_vm:
+        flags.update(PIOBPF_RECENT=RECENT)
     if mode.per_vm:
-        flags.update(PIOBPF_MAX_VMS=min(MAX_VMS, int(max_entries)), PIOBPF_RECENT=RECENT,
+        flags.update(PIOBPF_MAX_VMS=min(MAX_VMS, int(max_entries)),
                      PIOBPF_ARGS=ARGS, PIOBPF_RING_PAGES=RING_PAGES)
         flags.update(btf.kernel_offsets())
     if latency:
