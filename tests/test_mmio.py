@@ -2,6 +2,7 @@
 beside their port I/O, in every mode, and a full MMIO map counted as dropped."""
 
 import json
+import os
 import re
 import time
 
@@ -83,6 +84,45 @@ def test_a_flood_of_addresses_past_the_map_size_is_dropped_and_said():
                     ("io", "read", 0x3fd): (40, 40), ("io", "write", 0x80): (3, 12)}
     assert result["dropped"] == {"map_full": 0, "mmio_map_full": 36 * 2 + 1}
     assert result["dropped_events"] == 73
+
+
+@pytest.mark.parametrize("by", ["port", "vcpu"])
+def test_addresses_taking_turns_past_a_cpus_recent_keys_are_exact(by):
+    # Addresses 256 bytes apart, read and written in turn, three times over:
+    # all of them fall in the same one of a CPU's recent slots (the way is
+    # the gpa / 4, mixed with the thread, modulo program.RECENT, 64), so they
+    # push each other out of it at every access; every count is still exact.
+    gpas = [0x200000 + 0x100 * i for i in range(8)]
+    ops = [f"m{rw}:{gpa:#x}:4:1" for _ in range(3) for gpa in gpas for rw in "rw"]
+    _, result = traced("--by", by, ops=ops)
+    fields = ("thread",) if by == "vcpu" else ()
+    prefix = ("CPU 0/KVM",) if by == "vcpu" else ()
+    assert rows_of(result, *fields) == {
+        **{prefix + ("mmio", d, gpa): (3, 12) for gpa in gpas for d in ("read", "write")},
+        prefix + ("mmio", "write", guest.DONE_GPA): (1, 1)}
+    assert result["dropped_events"] == 0
+
+
+def test_p_counts_its_process_only_at_an_address_another_shares():
+    # By address every thread shares a key: with -p, a CPU's recent slot of
+    # the traced guest's address must not count the other guest's accesses.
+    # Both on one CPU (their vCPU threads inherit it), so they take turns there.
+    cpu = min(os.sched_getaffinity(0))
+    a, b = (HeldGuest("mr:0xfebc0000:4:5000", f"r:0x3fd:1:{n}") for n in (5, 7))
+    for g in (a, b):
+        os.sched_setaffinity(g.pid, {cpu})
+    t = Traced("--mmio", "--format", "json", "-p", str(a.pid))
+    for g in (a, b):
+        g.start()
+    for g in (a, b):
+        g.wait_done()
+    rc, out, err = t.stop()
+    for g in (a, b):
+        g.end()
+    assert rc == 0, err
+    assert rows_of(json.loads(out)) == {("mmio", "read", 0xfebc0000): (5000, 20000),
+                                        ("io", "read", 0x3fd): (5, 5),
+                                        ("mmio", "write", guest.DONE_GPA): (1, 1)}
 
 
 def test_table_shows_the_space_and_the_drops():
