@@ -121,7 +121,7 @@ static __always_inline void time_window(u32 slot, u64 ns)
 static __always_inline void time_mmio(u64 dg, u64 ns)
 {
     struct mmio_key key = {};
-    if (too_long(ns) || !mmio_key_of(&key, dg))
+    if (too_long(ns) || !mmio_key_of(&key, dg, true))
         return;
     struct pio_time *t = mmio_times.lookup(&key);
     if (!t) {
@@ -201,7 +201,7 @@ static __always_inline void run_starts(u64 id)
         u32 slot;
         if (p->reason == KVM_EXIT_MMIO)
             time_mmio(p->key, ns);
-        else if (pio_slot(&slot, p->key))
+        else if (pio_slot(&slot, p->key, true))
             time_window(slot, ns);
     }
     p->state = WINDOW_NONE;

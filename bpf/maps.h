@@ -9,9 +9,9 @@ BPF_ARRAY(dropped, u64, PIOBPF_DROPPED_SLOTS);
 
 #if defined(PIOBPF_KEY_TGID) || defined(PIOBPF_MMIO)
 // 0 until user space has filled the spare slots and sets 1: nothing is
-// counted before. By VM, bumped (by 2: odd, never 0) when a VM exits: every
-// CPU's recent slots are then stale, so none outlives the process it was
-// for (its pid may be recycled next).
+// counted before. Bumped (by 2: odd, never 0) when a VM exits, or with -p a
+// traced process: every CPU's recent slots are then stale, so none outlives
+// the process it was for (its pid may be recycled next).
 BPF_ARRAY(epoch, u32, 1);
 #endif
 

@@ -9,8 +9,9 @@
 // unknown size (0 bytes).
 
 // The key of this thread's MMIO access; false when it is not counted:
-// filtered out, not started, or no room for a new VM (then dropped).
-static __always_inline bool mmio_key_of(struct mmio_key *key, u64 dg)
+// filtered out, not started, or no room for a new VM (then dropped, unless
+// `timing`: the access was, when it came).
+static __always_inline bool mmio_key_of(struct mmio_key *key, u64 dg, bool timing)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 zero = 0;
@@ -21,7 +22,8 @@ static __always_inline bool mmio_key_of(struct mmio_key *key, u64 dg)
 #ifdef PIOBPF_KEY_TGID
     u32 *vm = vm_of(id >> 32);
     if (!vm) {
-        count_dropped(PIOBPF_DROPPED_MMIO_MAP_FULL);
+        if (!timing)
+            count_dropped(PIOBPF_DROPPED_MMIO_MAP_FULL);
         return false;
     }
     key->vm = *vm;
@@ -67,7 +69,10 @@ static __always_inline bool mmio_slot(u32 *slot, u64 dg)
     // remembered too, so that a process filtered out never hits.
     u64 thread = PIOBPF_FILTERING ? id >> 32 << 32 : 0;
 #endif
-    u32 way = ((u32)(dg >> 2) ^ (u32)(thread >> 32) ^ (u32)thread) % PIOBPF_RECENT, zero = 0;
+    // A read and a write of one address (a read-modify-write) fall in
+    // neighbouring ways, not in one that each would take from the other.
+    u32 way = ((u32)(dg >> 2) ^ (u32)(dg >> PIOBPF_MMIO_WRITE_BIT) ^ (u32)(thread >> 32)
+               ^ (u32)thread) % PIOBPF_RECENT, zero = 0;
     struct mmio_recent *r = mmio_recent.lookup(&way);
     u32 *e = epoch.lookup(&zero);
     if (!r || !e || !*e)
@@ -78,7 +83,7 @@ static __always_inline bool mmio_slot(u32 *slot, u64 dg)
         return true;
     }
     struct mmio_key key = {};
-    if (!mmio_key_of(&key, dg))
+    if (!mmio_key_of(&key, dg, false))
         return false;
     u32 *s = mmio_slot_of(&key);
     if (!s) {

@@ -19,8 +19,8 @@
 #ifdef PIOBPF_KEY_TGID
 #include "vmkeys.h"
 #else
-// By port the key is the index of its counts.
-static __always_inline bool pio_slot(u32 *slot, u32 dp)
+// By port the key is the index of its counts (never full: `timing` as by VM).
+static __always_inline bool pio_slot(u32 *slot, u32 dp, bool timing)
 {
     if (!TRACED(bpf_get_current_pid_tgid() >> 32))
         return false;
@@ -28,7 +28,24 @@ static __always_inline bool pio_slot(u32 *slot, u32 dp)
     return true;
 }
 
-static __always_inline void vm_exit(void) {}
+// A thread exits: with -p, a traced process's last one takes it out of
+// pids, and (--mmio) makes every CPU's recent MMIO slots stale, as a VM's
+// end does by VM: one of its would count the next process given its pid.
+static __always_inline void vm_exit(void)
+{
+#if PIOBPF_FILTERING
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (!in_pids(tgid) || !group_dead())
+        return;
+    pids.delete(&tgid);
+#ifdef PIOBPF_MMIO
+    u32 zero = 0;
+    u32 *e = epoch.lookup(&zero);
+    if (e)
+        __sync_fetch_and_add(e, 2);
+#endif
+#endif
+}
 #endif
 
 #ifdef PIOBPF_MMIO
@@ -45,7 +62,7 @@ static __always_inline void thread_exit(void) {}
 static __always_inline void count_pio(u32 rw, u32 port, u32 size, u32 count)
 {
     u32 slot;
-    if (!pio_slot(&slot, dirport(rw, port)))
+    if (!pio_slot(&slot, dirport(rw, port), false))
         return;
     struct pio_counts *c = counts.lookup(&slot);
     if (!c)         // never: the index is below the array's size; the verifier wants the check
@@ -74,10 +91,11 @@ RAW_TRACEPOINT_PROBE(kvm_pio)
 }
 #endif
 
-#if defined(PIOBPF_KEY_TGID) || defined(PIOBPF_LATENCY)
+#if defined(PIOBPF_KEY_TGID) || defined(PIOBPF_LATENCY) || PIOBPF_FILTERING
 // A thread exits (a raw tracepoint: it runs in the exiting task, and cannot
 // hide the event from a perf session): its exit window, if one is open,
-// ends with it; the last thread of a counted VMM ends the VM.
+// ends with it; the last thread of a counted VMM ends the VM, of a process
+// -p names its tracing.
 RAW_TRACEPOINT_PROBE(sched_process_exit)
 {
     thread_exit();

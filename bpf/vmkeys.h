@@ -3,24 +3,6 @@
 // last thread of its process exits. User space then moves the VM's final
 // counts out of the map (piobpf/kernel/counter.py: evict).
 
-static __always_inline u64 read_u64(u64 addr)
-{
-    u64 value = 0;
-    bpf_probe_read_kernel(&value, sizeof(value), (void *)addr);
-    return value;
-}
-
-// True when the current task is the last of its process to exit: then no
-// thread of it can count any more.
-static __always_inline bool group_dead(void)
-{
-    u64 signal = read_u64(bpf_get_current_task() + PIOBPF_TASK_SIGNAL);
-    int live_threads = 1;
-    bpf_probe_read_kernel(&live_threads, sizeof(live_threads),
-                          (void *)(signal + PIOBPF_SIGNAL_LIVE));
-    return live_threads == 0;
-}
-
 // A thread exits (sched_process_exit, in the exiting task). Attached with
 // the counting program, which counts nothing until user space starts it
 // (epoch), so no exit of a counted process goes unseen.
@@ -117,8 +99,8 @@ static __always_inline u32 *slot_of(struct pio_key *key)
 
 // The slot of this event's counts (in counts and every array keyed like
 // it). False when it is not counted: filtered out, or no room (then
-// counted as dropped).
-static __always_inline bool pio_slot(u32 *slot, u32 dp)
+// counted as dropped, unless `timing`: the event was, when it came).
+static __always_inline bool pio_slot(u32 *slot, u32 dp, bool timing)
 {
     u64 id = bpf_get_current_pid_tgid();
 #ifdef PIOBPF_KEY_TID
@@ -126,7 +108,9 @@ static __always_inline bool pio_slot(u32 *slot, u32 dp)
 #else
     u64 thread = id >> 32 << 32;
 #endif
-    u32 way = (dp ^ (u32)id) % PIOBPF_RECENT, zero = 0;
+    // A read and a write of one port (a read-modify-write) fall in
+    // neighbouring ways, not in one that each would take from the other.
+    u32 way = (dp ^ dp >> 16 ^ (u32)id) % PIOBPF_RECENT, zero = 0;
     struct recent *r = recent.lookup(&way);
     u32 *e = epoch.lookup(&zero);
     if (!r || !e)
@@ -145,7 +129,8 @@ static __always_inline bool pio_slot(u32 *slot, u32 dp)
     struct pio_key key = {.dirport = dp, .vm = vm ? *vm : 0, .tid = (u32)(thread & 0xffffffff)};
     u32 *s = vm ? slot_of(&key) : 0;
     if (!s) {
-        count_dropped(PIOBPF_DROPPED_MAP_FULL);
+        if (!timing)
+            count_dropped(PIOBPF_DROPPED_MAP_FULL);
         return false;
     }
     *slot = r->slot = *s;

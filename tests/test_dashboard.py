@@ -140,6 +140,10 @@ def test_every_dashboard_query_returns_data(running, prometheus):  # noqa: F811
     done = time.time()
     wait_for("the recording rule evaluated after the runs", lambda: api(
         url, "query", query=f"timestamp(piobpf:pio_events:rate5m) > {done + 1.5}")["result"])
+    # A rate needs two samples of a series: the MMIO one appears only with
+    # the guest's MMIO reads, at the end of its run (late on a busy host).
+    wait_for("two scrapes of the MMIO series", lambda: api(url, "query", query=(
+        'count_over_time(piobpf_mmio_events_total{job="piobpf"}[5m]) >= 2'))["result"])
     at = time.time()
     empty = {}
     for title, expr in panel_queries():

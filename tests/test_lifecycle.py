@@ -18,11 +18,13 @@ import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 
 from helpers import ENV, GUEST, PY, HeldGuest, Traced, needs_tracing
 from piobpf.core.keys import Proc
 from piobpf.naming import devices
 from test_names import fake_proc
+from tools import guest
 from tools.memory import rss_kb
 from test_prometheus import (Exporter, get, prometheus, running, targets,  # noqa: F401
                              wait_for)
@@ -240,6 +242,32 @@ def spawn_with_pid(pid, *args):
     proc.kill()
     proc.wait()
     return None
+
+
+@needs_tracing
+@pytest.mark.parametrize("by", ["port", "vm"])
+def test_p_never_traces_the_next_process_given_its_pid(by):
+    # -p names a process: once its last thread has exited, a process given
+    # its pid is another one, and is not counted (its port I/O and MMIO).
+    for _ in range(20):
+        old = HeldGuest("mr:0xfebc0000:4:30", "r:0x3fd:1:5")
+        t = Traced("--mmio", "--format", "json", "--by", by, "-p", str(old.pid))
+        old.start()
+        old.wait_done()
+        old.end()
+        new = spawn_with_pid(old.pid, "mr:0xfebc0000:4:300", "r:0x3fd:1:50")
+        if new:
+            assert new.wait(timeout=60) == 0
+            break
+        t.stop()
+    rc, out, err = t.stop()
+    assert rc == 0, err
+    assert new, "other processes took every pid this test freed"
+    rows = json.loads(out)["rows"]
+    assert {(r["space"], r["direction"], r.get("gpa", r.get("port"))): r["events"]
+            for r in rows} == {("mmio", "read", 0xfebc0000): 30, ("io", "read", 0x3fd): 5,
+                               ("mmio", "write", guest.DONE_GPA): 1}
+    assert {r.get("pid", old.pid) for r in rows} == {old.pid}
 
 
 @needs_tracing

@@ -125,6 +125,26 @@ def test_p_counts_its_process_only_at_an_address_another_shares():
                                         ("mmio", "write", guest.DONE_GPA): (1, 1)}
 
 
+@pytest.mark.parametrize("latency", [[], ["--latency"]])
+def test_an_exit_with_no_room_is_dropped_once_also_when_timed(latency):
+    # A VM table of one (--map-size 1), held by A: every event of B is dropped,
+    # each once, though --latency closes a window for each of its exits too.
+    a = HeldGuest("r:0x3fd:1:5", name="A")
+    b = HeldGuest("r:0x3fd:1:40", "mr:0x3500000:4:30", name="B")
+    t = Traced("--mmio", "--format", "json", "--by", "vm", "--map-size", "1", *latency,
+               "-p", f"{a.pid},{b.pid}")
+    for g in (a, b):    # A first: it takes the table's one VM
+        g.start()
+        g.wait_done()
+    rc, out, err = t.stop()
+    for g in (a, b):
+        g.end()
+    assert rc == 0, err
+    result = json.loads(out)
+    assert result["dropped"] == {"map_full": 40, "mmio_map_full": 31}   # B's done marker too
+    assert {r["pid"] for r in result["rows"]} == {a.pid}
+
+
 def test_table_shows_the_space_and_the_drops():
     g = HeldGuest("mr:0xfebc0000:4:3", "mr:0xfebc0004:4:2", "r:0x3fd:1:4")
     rc, out, err = around(g, "--mmio", "--mmio-map-size", "2")

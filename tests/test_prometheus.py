@@ -256,8 +256,11 @@ def test_prometheus_scrapes_over_tls_with_the_web_config(running, prometheus, tm
     assert health["piobpf"] == ("up", "")
     refused = health["nocert" if mode == "mtls" else "wrong"]
     assert refused[0] == "down", health
-    assert ("tls: certificate required" if mode == "mtls" else "HTTP status 401") \
-        in refused[1], health
+    # TLS 1.3: the client's handshake ends before the server checks its
+    # certificate, so its request races the server's alert and close.
+    why = (("tls: certificate required", "connection reset by peer") if mode == "mtls"
+           else ("HTTP status 401",))
+    assert any(w in refused[1] for w in why), health
 
 
 @needs_tracing

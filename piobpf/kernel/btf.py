@@ -10,14 +10,15 @@ import ctypes
 
 from ..core.errors import TraceError
 
-# What the program reads by VM or vCPU: a process's start, name and command
-# line, and whether its last thread exits.
-KERNEL_FIELDS = {"PIOBPF_TASK_GROUP_LEADER": ("task_struct", "group_leader"),
+# What the program reads with -p: whether a process's last thread exits.
+EXIT_FIELDS = {"PIOBPF_TASK_SIGNAL": ("task_struct", "signal"),
+               "PIOBPF_SIGNAL_LIVE": ("signal_struct", "live")}
+# By VM or vCPU: that too, and a process's start, name and command line.
+KERNEL_FIELDS = {**EXIT_FIELDS,
+                 "PIOBPF_TASK_GROUP_LEADER": ("task_struct", "group_leader"),
                  "PIOBPF_TASK_START_BOOTTIME": ("task_struct", "start_boottime"),
-                 "PIOBPF_TASK_SIGNAL": ("task_struct", "signal"),
                  "PIOBPF_TASK_MM": ("task_struct", "mm"),
                  "PIOBPF_TASK_COMM": ("task_struct", "comm"),
-                 "PIOBPF_SIGNAL_LIVE": ("signal_struct", "live"),
                  "PIOBPF_MM_ARG_START": ("mm_struct", "arg_start"),
                  "PIOBPF_MM_ARG_END": ("mm_struct", "arg_end")}
 # What --latency reads to find, from the current task, the kvm_run of the

@@ -91,6 +91,8 @@ def cflags(attach, by, max_entries, filtering, latency, mmio_entries=None):
         flags.update(PIOBPF_MAX_VMS=min(MAX_VMS, int(max_entries)),
                      PIOBPF_ARGS=ARGS, PIOBPF_RING_PAGES=RING_PAGES)
         flags.update(btf.kernel_offsets())
+    elif filtering:
+        flags.update(btf.kernel_offsets(btf.EXIT_FIELDS, "-p"))
     if latency:
         switches.append("PIOBPF_LATENCY")
         flags.update(PIOBPF_HIST_SLOTS=HIST_SLOTS, PIOBPF_MAX_WINDOW_NS=f"{MAX_WINDOW_NS}ULL",
