@@ -6,11 +6,12 @@ to a VM's own monitor, so that is where nonsense can come from."""
 import json
 import os
 import re
+import subprocess
 import tempfile
 import time
 from types import SimpleNamespace
 
-from helpers import ScriptedGuest, around_all, needs_tracing
+from helpers import PY, HeldGuest, ScriptedGuest, around_all, needs_tracing, tool
 from piobpf.core.keys import Gpa, Key
 from piobpf.core.snapshot import Counts
 from piobpf.naming import devices, mtree
@@ -199,3 +200,29 @@ def test_an_unassigned_gpa_asks_once_for_the_memory_map_again(tmp_path):
         assert names(gap, vm.proc) == ("unassigned", devices.VMM)
     finally:
         guest.end()
+
+
+@needs_tracing
+def test_a_monitor_path_that_hangs_stalls_nothing(tmp_path):
+    # A socket path through a filesystem whose server never answers (a FUSE
+    # mount, as any user with fusermount may make): the walk hangs in a child
+    # of piobpf's, which holds none of its fds; the run ends on time, exact,
+    # the VM named from the fallback and said so. Before, the naming workers
+    # hung in the kernel for good, and so did piobpf's exit (even SIGKILL's).
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    fs = subprocess.Popen([PY, tool("hungfs.py"), str(mnt)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert fs.stdout.readline() == "mounted\n"
+        g = HeldGuest("r:0x3fd:1:7", name="hung", args=("-qmp", f"unix:{mnt}/sub/q.sock,server=on"))
+        rc, out, err, _ = around_all([g], "--format", "json", "--by", "vm", settle=2)
+    finally:
+        fs.kill()
+        fs.wait()
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    assert rc == 0, err
+    rows = json.loads(out)["rows"]
+    assert [(r["vm"], r["port"], r["events"], r["device_source"]) for r in rows] == [
+        ("hung", 0x3FD, 7, "host-ioports")]
+    assert err.count("\n") == 1 and "no answer in time (monitor socket " \
+        f"{mnt}/sub/q.sock: its path did not resolve)" in err, err

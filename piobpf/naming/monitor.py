@@ -18,8 +18,10 @@ and a libvirt domain's pid file must name the VMM; else nothing is sent
 (NotOwn).
 """
 
+import ctypes
 import json
 import os
+import signal
 import socket
 import stat
 import struct
@@ -56,41 +58,108 @@ def _euid(pid):
     raise MonitorError("cannot read the VMM's uid")
 
 
+_walkers = set()    # pids of path walkers killed at their deadline, not reaped yet
+# Filesystems a VMM's socket may live on: local ones, whose lookups never
+# wait on another process (a FUSE daemon, a network server). statfs f_type.
+LOCAL_FS = {0x01021994: "tmpfs", 0x858458F6: "ramfs", 0xEF53: "ext4", 0x58465342: "xfs",
+            0x9123683E: "btrfs", 0x794C7630: "overlay", 0x2FC12FC1: "zfs", 0xF2F52010: "f2fs"}
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _open_own(path, uid, said, timeout):
+    """An O_PATH fd of the socket at `path` if it is a socket owned by
+    `uid` on a local filesystem; NotOwn if not.
+
+    The path is the VMM's to name, and walking it may hang for good (a FUSE
+    or network filesystem that never answers): it is walked in a forked
+    child, which hands the fd back (SCM_RIGHTS). A hung child hangs alone,
+    holding none of this process's fds (the BPF programs' among them), and
+    this query gives up at its deadline. The socket being local, connecting
+    to it here waits on no one."""
+    for pid in list(_walkers):
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            _walkers.discard(pid)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    child = os.fork()
+    if child == 0:      # a few syscalls, then _exit: nothing another thread may hold
+        try:
+            os.closerange(0, theirs.fileno())
+            os.closerange(theirs.fileno() + 1, os.sysconf("SC_OPEN_MAX"))
+            socket.send_fds(theirs, [b"S"], [_walk(path, uid, said)])
+        except NotOwn as e:
+            theirs.send(b"N" + str(e).encode())
+        except OSError as e:
+            theirs.send(b"E" + (e.strerror or str(e)).encode())
+        except BaseException as e:
+            theirs.send(b"E" + str(e).encode())
+        finally:
+            os._exit(0)
+    theirs.close()
+    try:
+        ours.settimeout(timeout)
+        message, fds, _, _ = socket.recv_fds(ours, 4096, 1)
+    except socket.timeout:
+        os.kill(child, signal.SIGKILL)  # it may not die while the walk hangs: reaped later
+        _walkers.add(child)
+        raise MonitorError(f"no answer in time ({said}: its path did not resolve)") from None
+    finally:
+        ours.close()
+    os.waitpid(child, 0)    # it answered, and only exits now
+    if fds:
+        return fds[0]
+    if message[:1] == b"N":
+        raise NotOwn(message[1:].decode(errors="replace"))
+    raise MonitorError(f"cannot connect: {message[1:].decode(errors='replace') or 'no reason'}")
+
+
+def _walk(path, uid, said):
+    """In the walker child: the socket at `path`, opened as an O_PATH fd
+    without following a last symlink (the inode checked is the inode
+    connected to), and checked."""
+    folder = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY)
+    fd = os.open(os.path.basename(path), os.O_PATH | os.O_NOFOLLOW, dir_fd=folder)
+    st = os.fstat(fd)
+    if not stat.S_ISSOCK(st.st_mode):
+        raise NotOwn(f"{said} is not a socket")
+    if st.st_uid != uid:
+        raise NotOwn(f"{said} is not the VMM's own (owner uid {st.st_uid}, VMM uid {uid})")
+    fs = (ctypes.c_long * 16)()     # struct statfs: f_type first
+    if _libc.fstatfs(fd, fs) != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    if fs[0] & 0xFFFFFFFF not in LOCAL_FS:
+        raise NotOwn(f"{said} is on a filesystem that is not a local one "
+                     f"(type {fs[0] & 0xFFFFFFFF:#x})")
+    return fd
+
+
 class _Conn:
     """A client of the VMM's own unix socket, with one deadline for the whole
     conversation.
 
     The socket is opened as the VMM sees it, through /proc/PID/root or cwd
-    (a VMM in a container or another mount namespace is reached too), as an
-    O_PATH fd without following a last symlink: the inode checked is the
-    inode connected to (through /proc/self/fd, which also spares sun_path's
-    108 bytes), so it cannot be swapped in between. Its owner is checked
-    before connecting (a root-only socket of another service is never even
-    connected to); the listener's pid (SO_PEERCRED) after, before a byte."""
+    (a VMM in a container or another mount namespace is reached too), and
+    its owner is checked before connecting (a root-only socket of another
+    service is never even connected to): `_open_own`. The listener's pid
+    (SO_PEERCRED) is checked after, before a byte; the VMM's start time
+    before and after."""
 
     def __init__(self, address, proc, deadline):
         pid = proc.pid
         self.deadline, self.buf = deadline, b""
+        said = f"monitor socket {plain(address)}"
         uid = _euid(pid)
+        # The uid read, and so the owner checked, may be another process's by now.
+        if vms.start_time(pid) != proc.start:
+            raise NotOwn(f"{said}: pid {pid} is not the VMM any more")
         base = "root" if address.startswith("/") else "cwd"
         path = f"/proc/{pid}/{base}/{address.lstrip('/')}"
-        said = f"monitor socket {plain(address)}"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock = None
         try:
-            folder = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY)
+            fd = _open_own(path, uid, said, max(deadline - time.monotonic(), 0.001))
             try:
-                fd = os.open(os.path.basename(path), os.O_PATH | os.O_NOFOLLOW, dir_fd=folder)
-            finally:
-                os.close(folder)
-            try:
-                st = os.fstat(fd)
-                if not stat.S_ISSOCK(st.st_mode):
-                    raise NotOwn(f"{said} is not a socket")
-                if st.st_uid != uid:
-                    raise NotOwn(f"{said} is not the VMM's own "
-                                 f"(owner uid {st.st_uid}, VMM uid {uid})")
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 self._timeout()
-                self.sock.connect(f"/proc/self/fd/{fd}")
+                self.sock.connect(f"/proc/self/fd/{fd}")    # spares sun_path's 108 bytes
             finally:
                 os.close(fd)
             peer = struct.unpack("3i", self.sock.getsockopt(
@@ -101,10 +170,12 @@ class _Conn:
             if vms.start_time(pid) != proc.start:
                 raise NotOwn(f"{said}: pid {pid} is not the VMM any more")
         except OSError as e:
-            self.sock.close()
+            if self.sock:
+                self.sock.close()
             raise MonitorError(f"cannot connect: {e.strerror or e}") from None
         except BaseException:
-            self.sock.close()
+            if self.sock:
+                self.sock.close()
             raise
 
     def _timeout(self):
