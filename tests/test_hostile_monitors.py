@@ -226,3 +226,23 @@ def test_a_monitor_path_that_hangs_stalls_nothing(tmp_path):
         ("hung", 0x3FD, 7, "host-ioports")]
     assert err.count("\n") == 1 and "no answer in time (monitor socket " \
         f"{mnt}/sub/q.sock: its path did not resolve)" in err, err
+
+
+def test_a_process_that_runs_no_vm_is_not_asked_for_what_its_argv_says(tmp_path):
+    # Anyone may write a monitor into argv: hundreds of such processes, each
+    # serving a silent socket, kept the naming workers from real VMs for good.
+    # A process is asked once it holds a KVM VM (or the kernel counts it).
+    path = str(tmp_path / "m.sock")
+    sham = subprocess.Popen([PY, "-c", "import time; time.sleep(60)",
+                             "-qmp", f"unix:{tmp_path}/sham.sock,server=on"])
+    guest = ScriptedGuest(["r:0x510"], path, qmp_map(io_map((0x510, "fwcfg"))))
+    try:
+        maps = devices.VmmMaps([sham.pid, guest.pid], timeout=5)
+        (vm,) = maps.vms.values()
+        assert vm.proc.pid == guest.pid
+        wait(vm)
+        assert vm.map.lookup(0x510) == "fwcfg"
+    finally:
+        sham.kill()
+        sham.wait()
+        guest.end()

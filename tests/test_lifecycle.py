@@ -292,7 +292,7 @@ def test_device_maps_are_per_process(tmp_path):
     qmp = ["qemu-system-x86_64", "-qmp", f"unix:{tmp_path}/none.sock,server=on"]
     (tmp_path / "proc").mkdir()
     procfs = tmp_path / "proc"
-    old = fake_proc(procfs, 10, qmp, "qemu-system-x86", start=100)
+    old = fake_proc(procfs, 10, qmp, "qemu-system-x86", start=100, vm_fd=True)
     maps = devices.VmmMaps(proc=str(procfs), timeout=0.1)
     assert set(maps.vms) == {old}
     new = fake_proc(procfs, 10, qmp + ["-name", "new"], "qemu-system-x86", start=300)

@@ -92,7 +92,7 @@ class VmmMaps:
         for pid in pids - {p.pid for p in self._known}:
             p = vms.process(pid, self._proc)
             if p:
-                self.see(p)
+                self.see(p, counted=False)
         # Forget exited processes, so that a VMM reusing a pid is still found;
         # a VMM's pid may already be another process's (or -p's pid recycled).
         gone = {p for p in self._known if p.pid not in pids}
@@ -101,13 +101,18 @@ class VmmMaps:
         self._known -= gone
         return [p for p in gone if p in self.vms]
 
-    def see(self, p):
-        """A process (Proc) seen doing port I/O, or new on the host."""
+    def see(self, p, counted=True):
+        """A process (Proc) the kernel counted, or (not `counted`) new on the host."""
         if p in self._known:
             return
-        self._known.add(p)
         cmdline = vms.read_proc(f"{self._proc}/{p.pid}/cmdline")
         mon = cmdline and qemucmd.find_monitor(cmdline.decode(errors="replace").split("\0"))
+        if mon and not counted and not vms.runs_vm(p.pid, self._proc):
+            # Anyone may write a monitor into argv: a process is asked once it
+            # holds a KVM VM (looked at again each scan) or counts, so that
+            # hundreds of sham ones cannot keep the workers from real VMs.
+            return
+        self._known.add(p)
         if mon:
             name = vms.process_name(p, self._proc)     # None: not `p` by now
             if name is not None:
