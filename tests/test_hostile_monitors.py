@@ -212,11 +212,14 @@ def test_a_monitor_path_that_hangs_stalls_nothing(tmp_path):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     fs = subprocess.Popen([PY, tool("hungfs.py"), str(mnt)], stdout=subprocess.PIPE, text=True)
+    g = None
     try:
         assert fs.stdout.readline() == "mounted\n"
         g = HeldGuest("r:0x3fd:1:7", name="hung", args=("-qmp", f"unix:{mnt}/sub/q.sock,server=on"))
         rc, out, err, _ = around_all([g], "--format", "json", "--by", "vm", settle=2)
     finally:
+        if g:
+            g.end()
         fs.kill()
         fs.wait()
         subprocess.run(["umount", "-l", str(mnt)], check=False)
