@@ -18,6 +18,7 @@ and a libvirt domain's pid file must name the VMM; else nothing is sent
 (NotOwn).
 """
 
+import contextlib
 import ctypes
 import json
 import os
@@ -77,8 +78,10 @@ def _open_own(path, uid, said, timeout):
     this query gives up at its deadline. The socket being local, connecting
     to it here waits on no one."""
     for pid in list(_walkers):
-        if os.waitpid(pid, os.WNOHANG)[0]:
-            _walkers.discard(pid)
+        with contextlib.suppress(ChildProcessError):     # another worker's reaped it
+            if not os.waitpid(pid, os.WNOHANG)[0]:
+                continue
+        _walkers.discard(pid)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     child = os.fork()
     if child == 0:      # a few syscalls, then _exit: nothing another thread may hold
