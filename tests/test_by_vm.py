@@ -27,11 +27,15 @@ def expect(prefix, expected):
     return {prefix + key: value for key, value in expected.items()}
 
 
-def run_two_guests(*piobpf_args, ops=(A_OPS, B_OPS)):
-    """Guests vm-a and vm-b running `ops` at once, traced by piobpf ARGS
-    ({a} and {b} their pids): (a, b, the JSON result)."""
+def run_two_guests(*piobpf_args, ops=(A_OPS, B_OPS), one_cpu=False):
+    """Guests vm-a and vm-b running `ops` at once (`one_cpu`: both on one
+    CPU, which their vCPU threads inherit, so that they take turns there),
+    traced by piobpf ARGS ({a} and {b} their pids): (a, b, the JSON result)."""
     a = HeldGuest(*ops[0], name="vm-a", thread_name="CPU 0/KVM")
     b = HeldGuest(*ops[1], name="vm-b", thread_name="CPU 0/KVM")
+    if one_cpu:
+        for g in (a, b):
+            os.sched_setaffinity(g.pid, {min(os.sched_getaffinity(0))})
     t = Traced("--format", "json", *[str(x).format(a=a.pid, b=b.pid) for x in piobpf_args])
     for g in (a, b):          # both at the same time
         g.start()

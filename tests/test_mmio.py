@@ -2,7 +2,6 @@
 beside their port I/O, in every mode, and a full MMIO map counted as dropped."""
 
 import json
-import os
 import re
 import time
 
@@ -106,23 +105,11 @@ def test_addresses_taking_turns_past_a_cpus_recent_keys_are_exact(by):
 def test_p_counts_its_process_only_at_an_address_another_shares():
     # By address every thread shares a key: with -p, a CPU's recent slot of
     # the traced guest's address must not count the other guest's accesses.
-    # Both on one CPU (their vCPU threads inherit it), so they take turns there.
-    cpu = min(os.sched_getaffinity(0))
-    a, b = (HeldGuest("mr:0xfebc0000:4:5000", f"r:0x3fd:1:{n}") for n in (5, 7))
-    for g in (a, b):
-        os.sched_setaffinity(g.pid, {cpu})
-    t = Traced("--mmio", "--format", "json", "-p", str(a.pid))
-    for g in (a, b):
-        g.start()
-    for g in (a, b):
-        g.wait_done()
-    rc, out, err = t.stop()
-    for g in (a, b):
-        g.end()
-    assert rc == 0, err
-    assert rows_of(json.loads(out)) == {("mmio", "read", 0xfebc0000): (5000, 20000),
-                                        ("io", "read", 0x3fd): (5, 5),
-                                        ("mmio", "write", guest.DONE_GPA): (1, 1)}
+    a, b, result = run_two_guests("--mmio", "-p", "{a}", one_cpu=True, ops=(
+        ["mr:0xfebc0000:4:5000", "r:0x3fd:1:5"], ["mr:0xfebc0000:4:5000", "r:0x3fd:1:7"]))
+    assert rows_of(result) == {("mmio", "read", 0xfebc0000): (5000, 20000),
+                               ("io", "read", 0x3fd): (5, 5),
+                               ("mmio", "write", guest.DONE_GPA): (1, 1)}
 
 
 @pytest.mark.parametrize("latency", [[], ["--latency"]])

@@ -243,7 +243,7 @@ class PioCounter:
         process that gets the pid next is a new VM with keys of its own).
         Their slots go back to spare, zeroed."""
         gone = set(vms)
-        keys = {slot: key for slot, key in self._slots.keys().items() if key[1] in gone}
+        keys = self._slots.of_vms(gone)
         if self.latency:    # first, while no other key can have the slot
             for slot, ids in keys.items():
                 t = self._times.get(self._times.Key(slot))
@@ -252,11 +252,7 @@ class PioCounter:
                     self._evicted_times[key] = self._evicted_times.get(key, Times()) + Times(
                         t.windows, t.time_ns, t.max_ns, tuple(t.hist))
                     del self._times[self._times.Key(slot)]
-        for (dirport, vm, tid), counts, comm in self._slots.take_back(keys):
-            key = self._key(dirport, vm, tid)
-            self._evicted[key] = self._evicted.get(key, Counts()) + counts
-            if self._mode.per_thread and (key.vm, tid) not in self.comms:
-                self.comms[key.vm, tid] = comm
+        self._slots.take_back(keys, self._key, self._evicted, self.comms)
         if self._mmio:
             self._mmio.evict(gone, self._evicted, self._evicted_times, self.comms)
         for vm in vms:

@@ -62,12 +62,7 @@ class MmioMaps:
         """Move the keys of these exited VMs (kernel ids) out of the maps,
         adding their final Counts and Times into `counts` and `times`, and
         (by vCPU) the names of their threads into `comms`."""
-        gone = {slot: k for slot, k in self._slots.keys().items() if k[1] in vms}
-        for (dirgpa, vm, tid), final, comm in self._slots.take_back(gone):
-            key = self.key(dirgpa, vm, tid)
-            counts[key] = counts.get(key, Counts()) + final
-            if self._threads and (key.vm, tid) not in comms:
-                comms[key.vm, tid] = comm
+        self._slots.take_back(self._slots.of_vms(vms), self.key, counts, comms)
         if self._times is not None:
             for k in [k for k in self._times.keys() if k.vm in vms]:
                 t = self._times[k]

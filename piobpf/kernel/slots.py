@@ -43,15 +43,22 @@ class SlotMaps:
             if slot in keys and value[0]:
                 yield keys[slot], value
 
-    def take_back(self, keys):
+    def of_vms(self, vms):
+        """{slot: key fields} of the keys of these VMs (kernel ids)."""
+        return {slot: key for slot, key in self.keys().items() if key[1] in vms}
+
+    def take_back(self, keys, key_of, counts, comms):
         """Remove these keys, {slot: key fields}, of exited VMs (whose counts
-        can no longer grow) and free their slots, zeroed: [(key fields,
-        Counts, thread name)], their final counts."""
-        final = []
+        can no longer grow) and free their slots, zeroed. Their final Counts
+        are added into `counts`, {Key: Counts}, under key_of(key fields);
+        by vCPU, their threads' names into `comms`, {(Proc, tid): name},
+        where not known yet."""
         for slot, fields in keys.items():
             c = self._counts[self._counts.Key(slot)]
-            final.append((fields, Counts(c.events, c.bytes),
-                          getattr(c, "comm", b"").decode(errors="replace")))
+            key = key_of(*fields)
+            counts[key] = counts.get(key, Counts()) + Counts(c.events, c.bytes)
+            if hasattr(c, "comm") and (key.vm, fields[2]) not in comms:
+                comms[key.vm, fields[2]] = c.comm.decode(errors="replace")
         if keys:
             doomed = (self._slots.Key * len(keys))(*(self._slots.Key(*k) for k in keys.values()))
             if self._reader.batch:
@@ -62,4 +69,3 @@ class SlotMaps:
         for slot in keys:
             self._counts[self._counts.Key(slot)] = self._counts.Leaf()
             self._spare.push(self._spare.Leaf(slot))
-        return final

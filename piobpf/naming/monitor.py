@@ -59,6 +59,13 @@ def _euid(pid):
     raise MonitorError("cannot read the VMM's uid")
 
 
+def _still(proc, what):
+    """NotOwn unless `proc`'s pid still runs that process: a recycled pid is
+    another process's, whatever it owns or serves."""
+    if vms.start_time(proc.pid) != proc.start:
+        raise NotOwn(f"{what}: pid {proc.pid} is not the VMM any more")
+
+
 _walkers = set()    # pids of path walkers killed at their deadline, not reaped yet
 # Filesystems a VMM's socket may live on: local ones, whose lookups never
 # wait on another process (a FUSE daemon, a network server). statfs f_type.
@@ -151,9 +158,7 @@ class _Conn:
         self.deadline, self.buf = deadline, b""
         said = f"monitor socket {plain(address)}"
         uid = _euid(pid)
-        # The uid read, and so the owner checked, may be another process's by now.
-        if vms.start_time(pid) != proc.start:
-            raise NotOwn(f"{said}: pid {pid} is not the VMM any more")
+        _still(proc, said)      # the uid read was of the VMM: the owner checked is its
         base = "root" if address.startswith("/") else "cwd"
         path = f"/proc/{pid}/{base}/{address.lstrip('/')}"
         self.sock = None
@@ -169,9 +174,7 @@ class _Conn:
                 socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
             if peer != pid:
                 raise NotOwn(f"{said} is not the VMM's own (served by pid {peer})")
-            # The pid, and so the peer, may be another process's by now.
-            if vms.start_time(pid) != proc.start:
-                raise NotOwn(f"{said}: pid {pid} is not the VMM any more")
+            _still(proc, said)  # the peer checked was the VMM
         except OSError as e:
             if self.sock:
                 self.sock.close()
@@ -298,8 +301,7 @@ def _libvirt_uuid(name, pid):
 
 def _ask_libvirt(name, proc, timeout):
     domain = _libvirt_uuid(name, proc.pid)
-    if vms.start_time(proc.pid) != proc.start:     # the pid file names a new process
-        raise NotOwn(f"libvirt domain {plain(name)}: pid {proc.pid} is not the VMM any more")
+    _still(proc, f"libvirt domain {plain(name)}")  # the pid file named the VMM
     try:
         out = subprocess.run(["virsh", "-q", "-c", LIBVIRT_URI, "qemu-monitor-command",
                               "--hmp", domain, QUERY], capture_output=True, text=True,
